@@ -1,0 +1,70 @@
+"""The `preguard` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from preguard.proto import InvalidPolicy, load_policies
+from preguard.proto.schema import SCHEMA_DIR, write_all
+
+
+def _schema(args: argparse.Namespace) -> int:
+    for path in write_all(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        policies = load_policies(args.file)
+    except InvalidPolicy as exc:
+        for d in exc.details:
+            print(f"{args.file}: {d.field}: {d.error}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    for p in policies:
+        print(f"{p.name}: {len(p.rules)} rules, valid")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from preguard.cli.up import up
+
+    return up(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="preguard", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run everything on this machine (embedded NATS)")
+    p.add_argument("--nats", help="use this NATS URL instead of starting one")
+    p.add_argument("--host", help="this host's name on the bus")
+    p.add_argument("--console-port", type=int, default=8080)
+    p.add_argument("--data-dir", default=str(Path.home() / ".local/share/preguard"))
+    p.add_argument("--nats-port", type=int, default=4222)
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("schema", help="write the JSON Schemas of the contract's messages")
+    p.add_argument("--out", default=str(SCHEMA_DIR))
+    p.set_defaults(func=_schema)
+
+    p = sub.add_parser("check", help="validate policy files without a server")
+    p.add_argument("file")
+    p.set_defaults(func=_check)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

