@@ -15,9 +15,9 @@ import aiodocker
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+
 from preguard.natsserver import NatsServerError, run_nats_server
 from preguard.proto import Subjects
-
 from tests.support.images import build_image, remove_images
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

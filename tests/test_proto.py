@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+
 from preguard.proto import (
     Action,
     Event,

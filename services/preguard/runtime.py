@@ -15,6 +15,7 @@ import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+
 from preguard.proto import Subjects
 
 log = structlog.get_logger()

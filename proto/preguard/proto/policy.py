@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
 from preguard.proto.api import FieldError
 from preguard.proto.messages import (
     AnyRule,

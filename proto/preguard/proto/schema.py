@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+
 from preguard.proto.messages import Alert, Event, Policy, PolicyBundle, ProbeStatus
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"

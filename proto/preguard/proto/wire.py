@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
+
 from preguard.proto.messages import Event
 
 T = TypeVar("T")

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from preguard.cli.ops import add_commands, common_options
 from preguard.proto import InvalidPolicy, load_policies
 from preguard.proto.schema import SCHEMA_DIR, write_all
+
+SERVICES = {
+    "policy": "policy service",
+    "probe": "probe for this host's Docker engine",
+    "alert": "alert service",
+    "console": "web console",
+}
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -38,9 +47,20 @@ def _up(args: argparse.Namespace) -> int:
     return up(args)
 
 
+def _service(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"preguard.{args.command}.__main__")
+    code: int | None = module.main()
+    return code or 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="preguard", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
+    add_commands(sub, common_options())
+    for name, what in SERVICES.items():
+        sub.add_parser(name, help=f"run the {what} (settings from PREGUARD_* variables)").set_defaults(
+            func=_service
+        )
 
     p = sub.add_parser("up", help="run everything on this machine (embedded NATS)")
     p.add_argument("--nats", help="use this NATS URL instead of starting one")
