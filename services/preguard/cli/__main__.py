@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +51,10 @@ def _up(args: argparse.Namespace) -> int:
 
 def _service(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"preguard.{args.command}.__main__")
-    code: int | None = module.main()
-    return code or 0
+    result = module.main()
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="this host's name on the bus")
     p.add_argument("--console-port", type=int, default=8080)
     p.add_argument("--data-dir", default=str(Path.home() / ".local/share/preguard"))
-    p.add_argument("--nats-port", type=int, default=4222)
+    p.add_argument("--nats-port", type=int, default=4222, help="port of the embedded NATS server")
+    p.add_argument("--demo", action="store_true", help="also start two demo containers and a sample policy")
     p.set_defaults(func=_up)
 
     p = sub.add_parser("schema", help="write the JSON Schemas of the contract's messages")

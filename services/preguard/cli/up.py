@@ -1,38 +1,196 @@
-"""`preguard up`: everything on one machine, around an embedded nats-server."""
+"""`preguard up`: everything on one machine: an embedded nats-server and one process per service."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import nats
+from nats.aio.client import Client as NATS
+
 from preguard.natsserver import NatsServerError, port_in_use, run_nats_server
-from preguard.runtime import wait_for_stop
+from preguard.proto import Subjects
+
+SERVICES = ("policy", "alert", "probe", "console")
+READY_TIMEOUT = 30.0
+
+
+class UpError(Exception):
+    """One sentence for the user; `up` exits 2 with it."""
+
+
+def say(part: str, text: str) -> None:
+    print(f"{part:<9} {text}", flush=True)
 
 
 def up(args: argparse.Namespace) -> int:
-    if args.nats:
-        url = args.nats
-        print(f"nats      using {url}", flush=True)
-        return _serve(url)
-    data = Path(args.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    if port_in_use(args.nats_port):
-        print(f"preguard: port {args.nats_port} is in use; pass --nats-port or --nats URL", file=sys.stderr)
-        return 2
+    data = Path(args.data_dir).expanduser()
     try:
-        with run_nats_server(data / "jetstream", args.nats_port, log_file=data / "nats.log") as url:
-            print(f"nats      started at {url} (JetStream in {data / 'jetstream'})", flush=True)
-            return _serve(url)
-    except NatsServerError as exc:
+        data.mkdir(parents=True, exist_ok=True)
+        _docker_reachable()
+        if port_in_use(args.console_port):
+            raise UpError(f"port {args.console_port} is in use: pass --console-port N")
+        with _nats(args, data) as url:
+            return asyncio.run(_run(args, url, data))
+    except UpError as exc:
         print(f"preguard: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 0
 
 
-def _serve(url: str) -> int:
-    print("services  policy, alert, probe and console are not wired into `up` yet", flush=True)
-    print("ready     press Ctrl-C to stop", flush=True)
-    asyncio.run(wait_for_stop())
-    print("stopped", flush=True)
-    return 0
+@contextlib.contextmanager
+def _nats(args: argparse.Namespace, data: Path) -> Iterator[str]:
+    if args.nats:
+        say("nats", f"using {args.nats}")
+        yield args.nats
+        return
+    if port_in_use(args.nats_port):
+        raise UpError(
+            f"port {args.nats_port} is in use: pass --nats-port N, or --nats URL to use that server"
+        )
+    try:
+        with run_nats_server(data / "jetstream", args.nats_port, log_file=data / "nats.log") as url:
+            say("nats", f"started at {url} (JetStream data in {data / 'jetstream'})")
+            yield url
+    except NatsServerError as exc:
+        raise UpError(str(exc)) from None
+
+
+def _docker_reachable() -> None:
+    sock = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not sock.startswith("unix://"):
+        return  # a TCP engine: the probe reports it if it cannot reach it
+    path = sock[len("unix://") :]
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(path)
+    except OSError:
+        raise UpError(f"no Docker engine answers at {path}: start dockerd (or set DOCKER_HOST)") from None
+
+
+async def _run(args: argparse.Namespace, url: str, data: Path) -> int:
+    host = args.host or socket.gethostname()
+    token = os.environ.get("PREGUARD_CONSOLE_TOKEN") or secrets.token_urlsafe(18)
+    env = {
+        **os.environ,
+        "PREGUARD_NATS_URL": url,
+        "PREGUARD_HOST": host,
+        "PREGUARD_CONSOLE_PORT": str(args.console_port),
+        "PREGUARD_CONSOLE_TOKEN": token,
+        "PREGUARD_DATA_DIR": str(data),
+    }
+    subjects = Subjects(prefix=env.get("PREGUARD_PREFIX", "preguard"))
+    nc = await nats.connect(url, name="preguard-up")
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for name in SERVICES:
+            children[name] = _spawn(name, env, data)
+            await _ready(name, nc, subjects, host, args.console_port, children[name], data)
+        if getattr(args, "demo", False):
+            from preguard.cli.demo import start_demo
+
+            for line in await start_demo(nc, subjects, host):
+                say("demo", line)
+        say("console", f"http://127.0.0.1:{args.console_port}/  sign-in token: {token}")
+        say("ready", f"logs in {data}; Ctrl-C stops everything")
+        watch = asyncio.create_task(_watch(children, stop))
+        await stop.wait()
+        watch.cancel()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await _stop_children(children)
+        await nc.close()
+        if getattr(args, "demo", False):
+            from preguard.cli.demo import stop_demo
+
+            await stop_demo()
+        say("stopped", "all parts")
+
+
+def _spawn(name: str, env: dict[str, str], data: Path) -> subprocess.Popen[bytes]:
+    with open(data / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", f"preguard.{name}"], env=env, stdout=log, stderr=log)
+
+
+async def _ready(
+    name: str,
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    console_port: int,
+    proc: subprocess.Popen[bytes],
+    data: Path,
+) -> None:
+    """Waits until the service does its job on the bus (or listens); a dead child is one sentence."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT
+    status = await nc.subscribe(subjects.status(host)) if name == "probe" else None
+    try:
+        while loop.time() < deadline:
+            if proc.poll() is not None:
+                raise UpError(
+                    f"the {name} service exited with status {proc.returncode}: see {data / name}.log"
+                )
+            if await _answers(name, nc, subjects, console_port, status):
+                say(name, "ready")
+                return
+            await asyncio.sleep(0.2)
+        raise UpError(f"the {name} service did not become ready in {READY_TIMEOUT:g}s: see {data / name}.log")
+    finally:
+        if status is not None:
+            await status.unsubscribe()
+
+
+async def _answers(name: str, nc: NATS, subjects: Subjects, console_port: int, status: object) -> bool:
+    try:
+        if name == "policy":
+            await nc.request(subjects.api_policy("list"), b"{}", timeout=0.5)
+        elif name == "alert":
+            await nc.request(subjects.api_alerts("query"), b"{}", timeout=0.5)
+        elif name == "probe":
+            await status.next_msg(timeout=0.5)  # type: ignore[attr-defined]
+        else:
+            return port_in_use(console_port)
+    except Exception:  # no responders, timeouts: not ready yet
+        return False
+    return True
+
+
+async def _watch(children: dict[str, subprocess.Popen[bytes]], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                say(name, f"exited with status {proc.returncode}; stopping everything")
+                stop.set()
+                return
+        await asyncio.sleep(0.5)
+
+
+async def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(children.values()):
+        if proc.poll() is None:
+            proc.terminate()
+    for name, proc in children.items():
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            say(name, "did not stop in 10s; killed")
+            proc.kill()
+            proc.wait()
