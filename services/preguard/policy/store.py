@@ -1,0 +1,242 @@
+"""Policies in a JetStream KV bucket: compare-and-set writes, history, and a followed in-memory view.
+
+The bucket's stream sequence is the global revision: every put or delete of any policy takes the
+next one, it survives restarts with the store, and concurrent writers (several service instances)
+are ordered by the server. A write names the sequence it read (`Nats-Expected-Last-Subject-
+Sequence`), so a writer that lost a race re-reads and retries instead of overwriting silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js import errors as js_errors
+from nats.js.api import Header
+from nats.js.kv import KeyValue
+
+from preguard.proto import Policy, decode_policy, encode
+from preguard.proto.api import PolicyRevision
+
+log = structlog.get_logger()
+
+HISTORY = 64  # JetStream's maximum history per KV key
+WRITE_ATTEMPTS = 32  # compare-and-set retries before a write gives up under contention
+_KV_OP = "KV-Operation"
+_DELETED = ("DEL", "PURGE")
+_stored = msgspec.json.Decoder(PolicyRevision)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
+    """The caller's expected revision is not the policy's current one."""
+
+    def __init__(self, name: str, current: int, expected: int) -> None:
+        self.current, self.expected = current, expected
+        super().__init__(f"policy {name} is at revision {current}, not {expected}")
+
+
+class Busy(Exception):
+    """Compare-and-set lost too many races in a row."""
+
+
+class PolicyStore:
+    """One bucket: writes go straight to it; reads of the whole set come from a followed view."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self._js, self._kv, self._bucket = js, kv, bucket
+        self._stream = f"KV_{bucket}"
+        self._current: dict[str, PolicyRevision] = {}  # live policies by name
+        self.revision = 0  # global revision the view reflects
+        self._loaded = asyncio.Event()
+        self._advanced = asyncio.Condition()
+        self._restart = asyncio.Event()
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> PolicyStore:
+        """Bind to the bucket, creating it when missing (idempotent: same config, same bucket)."""
+        try:
+            kv = await js.key_value(bucket)
+        except js_errors.BucketNotFoundError:
+            kv = await js.create_key_value(bucket=bucket, history=HISTORY, replicas=replicas)
+        return cls(js, kv, bucket)
+
+    # -- the view -------------------------------------------------------------------------------
+    def policies(self) -> dict[str, Policy]:
+        """Live policies by name at `revision` (a fresh dict: callers may keep it)."""
+        return {name: r.policy for name, r in self._current.items() if r.policy is not None}
+
+    def current(self, name: str) -> PolicyRevision | None:
+        return self._current.get(name)
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    async def sync(self, within: float = 2.0) -> None:
+        """Wait until the view holds every write the server has acknowledged so far.
+
+        Another instance may have taken the write: reading the stream's last sequence first gives
+        read-your-writes across instances.
+        """
+        info = await self._js.stream_info(self._stream)
+        last = info.state.last_seq
+        try:
+            async with asyncio.timeout(within), self._advanced:
+                await self._advanced.wait_for(lambda: self.loaded and self.revision >= last)
+        except TimeoutError:
+            log.warning("policy_view_behind", revision=self.revision, last=last)
+            self._restart.set()  # the watch is stuck (a server restart): rebuild it
+            raise
+
+    async def follow(self, on_change: Callable[[], None]) -> None:
+        """Keep the view current, forever; on_change runs after every change once loaded."""
+        while True:
+            try:
+                await self._follow(on_change)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("policy_watch_failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+
+    async def _follow(self, on_change: Callable[[], None]) -> None:
+        self._restart.clear()
+        watcher = await self._kv.watchall()
+        fresh: dict[str, PolicyRevision] | None = {}  # the initial load, swapped in whole
+        revision = 0
+        try:
+            while not self._restart.is_set():
+                try:
+                    entry = await watcher.updates(timeout=2.0)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    if (await self._js.stream_info(self._stream)).state.last_seq > self.revision:
+                        log.warning("policy_watch_restarted", revision=self.revision)
+                        return  # quiet but behind: the consumer was lost (server restart)
+                    continue
+                if entry is None:  # the initial load is complete
+                    assert fresh is not None
+                    self._current, fresh = fresh, None
+                    await self._advance(revision)
+                    self._loaded.set()
+                    on_change()
+                    continue
+                seq = entry.revision or 0
+                if seq <= revision:
+                    continue  # a redelivery after the consumer reset itself
+                revision = seq
+                target = self._current if fresh is None else fresh
+                deleted = entry.operation in _DELETED
+                if deleted:
+                    target.pop(entry.key, None)
+                elif (stored := _decode(entry.key, entry.value or b"", seq)) is not None:
+                    target[entry.key] = stored
+                if fresh is None:
+                    await self._advance(seq)
+                    on_change()
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone: nothing to tidy then
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _advance(self, revision: int) -> None:
+        async with self._advanced:
+            self.revision = max(self.revision, revision)
+            self._advanced.notify_all()
+
+    # -- reads and writes against the bucket ----------------------------------------------------
+    async def get(self, name: str) -> PolicyRevision:
+        _, stored, deleted = await self._latest(name)
+        if stored is None or deleted or stored.policy is None:
+            raise NotFound(name)
+        return stored
+
+    async def history(self, name: str) -> list[PolicyRevision]:
+        try:
+            entries = await self._kv.history(name)
+        except js_errors.NoKeysError:
+            raise NotFound(name) from None
+        out = []
+        for e in entries:
+            stored = _decode(name, e.value or b"", e.revision or 0)
+            if e.operation in _DELETED:
+                base = stored or PolicyRevision(name=name, revision=0, version=0, time=_now())
+                stored = msgspec.structs.replace(base, revision=e.revision or 0, deleted=True, policy=None)
+            if stored is not None:
+                out.append(stored)
+        return out
+
+    async def put(self, policy: Policy, client: str, expected: int | None = None) -> PolicyRevision:
+        return await self._write(policy.name, policy, client, expected)
+
+    async def delete(self, name: str, client: str, expected: int | None = None) -> PolicyRevision:
+        return await self._write(name, None, client, expected)
+
+    async def _write(
+        self, name: str, policy: Policy | None, client: str, expected: int | None
+    ) -> PolicyRevision:
+        for _ in range(WRITE_ATTEMPTS):
+            seq, stored, deleted = await self._latest(name)
+            live = stored is not None and not deleted
+            if policy is None and not live:
+                raise NotFound(name)
+            if expected is not None and (seq if live else 0) != expected:
+                raise Conflict(name, seq if live else 0, expected)
+            change = PolicyRevision(
+                name=name,
+                revision=0,  # the stream sequence, known once written
+                version=(stored.version if stored else 0) + 1,
+                time=_now(),
+                client=client,
+                deleted=policy is None,
+                policy=policy,
+            )
+            headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(seq)}
+            if policy is None:
+                headers[_KV_OP] = "DEL"  # a KV delete marker that still says who and when
+            try:
+                ack = await self._js.publish(
+                    f"$KV.{self._bucket}.{name}", encode(change), stream=self._stream, headers=headers
+                )
+            except js_errors.APIError as exc:
+                if exc.err_code in (10071, 10164):  # wrong last sequence: someone wrote first
+                    continue
+                raise
+            return msgspec.structs.replace(change, revision=ack.seq)
+        raise Busy(f"policy {name}: {WRITE_ATTEMPTS} concurrent writes in a row won the race")
+
+    async def _latest(self, name: str) -> tuple[int, PolicyRevision | None, bool]:
+        """(sequence, stored change, deleted) of the key's last message; (0, None, False) if none."""
+        try:
+            msg = await self._js.get_last_msg(self._stream, f"$KV.{self._bucket}.{name}")
+        except js_errors.NotFoundError:
+            return 0, None, False
+        seq = msg.seq or 0
+        deleted = (msg.headers or {}).get(_KV_OP) in _DELETED
+        return seq, _decode(name, msg.data or b"", seq), deleted
+
+
+def _decode(name: str, data: bytes, seq: int) -> PolicyRevision | None:
+    """Our own record, or a bare policy someone put with `nats kv put`; None for anything else."""
+    if not data:
+        return None
+    try:
+        return msgspec.structs.replace(_stored.decode(data), revision=seq)
+    except msgspec.DecodeError:
+        pass
+    try:
+        policy = decode_policy(data)
+    except ValueError:
+        log.warning("policy_record_unreadable", policy=name, revision=seq)
+        return None
+    return PolicyRevision(name=name, revision=seq, version=0, time=_now(), client="unknown", policy=policy)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
