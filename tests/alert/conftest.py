@@ -1,0 +1,84 @@
+"""Alert tests: an event factory, short-window settings, a started service, an alert collector."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+from preguard.alert.service import AlertService
+from preguard.alert.settings import AlertSettings
+from preguard.proto import Alert, Event, Kind, Outcome, Severity, Subjects, decode
+
+_pids = itertools.count(100)
+
+
+def make_event(**changes: object) -> Event:
+    """An event as a probe publishes it; keyword arguments replace fields."""
+    now = datetime.now(UTC)
+    event = Event(
+        host="host-a",
+        container_id="c0ffee000001",
+        container_name="web-1",
+        image="nginx:1.25",
+        time=now,
+        time_ns=int(now.timestamp() * 1e9),
+        pid=next(_pids),
+        uid=0,
+        exe="/bin/sh",
+        kind=Kind.PROCESS,
+        target="/bin/sh",
+        access="exec",
+        action=Outcome.BLOCKED,
+        policy="web-lockdown",
+        rule=0,
+        severity=Severity.HIGH,
+    )
+    if "time" in changes and "time_ns" not in changes:
+        when = changes["time"]
+        assert isinstance(when, datetime)
+        changes["time_ns"] = int(when.timestamp() * 1e9)
+    return msgspec.structs.replace(event, **changes)
+
+
+@pytest.fixture
+def settings() -> AlertSettings:
+    return AlertSettings(
+        window=30.0,
+        update_interval=0.5,
+        grace=0.5,
+        partitions=4,
+        lease_ttl=1.5,
+        tick=0.05,
+        health_misses=3,
+    ).named()
+
+
+MakeService = Callable[..., "AlertService"]
+
+
+@pytest.fixture
+async def make_service(
+    nc: NATS, subjects: Subjects, settings: AlertSettings
+) -> AsyncIterator[Callable[..., object]]:
+    """Start services (each with its own instance name); all are stopped after the test."""
+    started: list[AlertService] = []
+
+    async def make(client: NATS | None = None, **changes: object) -> AlertService:
+        config = msgspec.structs.replace(settings, instance="", **changes).named()
+        service = AlertService(client or nc, subjects, config)
+        await service.start()
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        await service.stop()
+
+
+async def next_alert(sub: Subscription, timeout: float = 5.0) -> Alert:
+    return decode((await sub.next_msg(timeout=timeout)).data, Alert)
