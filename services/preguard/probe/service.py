@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from preguard.probe import coverage, inject
 from preguard.probe.docker import Watcher
@@ -82,6 +82,15 @@ class Probe:
         """Returns once containers are listed and the bundle subscription is in place."""
         js = self._nc.jetstream()
         await ensure_streams(js, self._subjects)
+        subject = self._subjects.policy(self.host)
+        try:  # the retained bundle before any container: none is touched on a guess
+            last = await js.get_last_msg(self._subjects.stream_bundles(), subject)
+            self.bundle = decode(last.data or b"", PolicyBundle)
+            log.info("bundle_loaded", revision=self.bundle.revision)
+        except NotFoundError:
+            log.info("bundle_missing", subject=subject)
+        except msgspec.DecodeError as exc:
+            log.error("bundle_refused", subject=subject, error=str(exc))
         self._runner = asyncio.create_task(self._run())  # hosts the TaskGroup that owns the loops
         await asyncio.wait(
             [asyncio.ensure_future(self._watcher.synced.wait()), self._runner],
@@ -90,7 +99,7 @@ class Probe:
         if self._runner.done():
             self._runner.result()  # raises what stopped it
         self._bundle_sub = await js.subscribe(
-            self._subjects.policy(self.host),
+            subject,
             cb=self._on_bundle,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
@@ -200,17 +209,15 @@ class Probe:
 
     def _reconcile(self, tracked: Tracked) -> None:
         """Bring one container to what the bundle says: injected with its rules, or clean."""
-        if not tracked.coverable or tracked.root is None:
-            return
-        policies = select(self.bundle.policies, self.host, tracked.info) if self.bundle else []
+        if not tracked.coverable or tracked.root is None or self.bundle is None:
+            return  # without a bundle, what is in place stays (the last rules keep enforcing)
+        policies = select(self.bundle.policies, self.host, tracked.info)
         tracked.policies = [p.name for p in policies]
         root, cid = tracked.root, tracked.info.short_id
         with structlog.contextvars.bound_contextvars(container_id=cid):
             try:
                 if policies or tracked.volume:
-                    assert self.bundle is not None or tracked.volume
-                    revision = self.bundle.revision if self.bundle else 0
-                    self._inject(tracked, self._compile(policies, revision))  # type: ignore[arg-type]
+                    self._inject(tracked, self._compile(policies, self.bundle.revision))  # type: ignore[arg-type]
                 elif tracked.guarded or inject.has_line(inject.preload_text(root)):
                     self._eject(tracked)
             except OSError as exc:
@@ -243,11 +250,8 @@ class Probe:
 
     def _eject(self, tracked: Tracked) -> None:
         assert tracked.root is not None
-        inject.uninstall(
-            tracked.root,
-            compile_rules([], self.bundle.revision if self.bundle else 0),
-            keep_library=tracked.volume,
-        )
+        revision = self.bundle.revision if self.bundle else 0
+        inject.uninstall(tracked.root, compile_rules([], revision), keep_library=tracked.volume)
         tracked.close_reader()
         tracked.guarded, tracked.revision, tracked.installed = False, 0, inject.Installed()
         log.info("container_ejected")
