@@ -40,14 +40,21 @@ class Api:
     def __init__(self, nc: NATS, subjects: Subjects) -> None:
         self.nc, self.subjects = nc, subjects
 
-    async def raw(self, verb: str, body: bytes | Any, headers: dict[str, str] | None = None) -> Any:
+    async def raw(
+        self, verb: str, body: bytes | Any, headers: dict[str, str] | None = None, wait: float = 5.0
+    ) -> Any:
         data = body if isinstance(body, bytes) else encode(body)
-        return await self.nc.request(self.subjects.api_policy(verb), data, timeout=5, headers=headers)
+        return await self.nc.request(self.subjects.api_policy(verb), data, timeout=wait, headers=headers)
 
     async def call(
-        self, verb: str, body: bytes | Any, reply: type[T], headers: dict[str, str] | None = None
+        self,
+        verb: str,
+        body: bytes | Any,
+        reply: type[T],
+        headers: dict[str, str] | None = None,
+        wait: float = 5.0,
     ) -> T:
-        msg = await self.raw(verb, body, headers)
+        msg = await self.raw(verb, body, headers, wait)
         result: T = msgspec.json.decode(msg.data, type=reply)
         return result
 

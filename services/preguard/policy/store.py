@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -60,6 +61,7 @@ class PolicyStore:
         self._loaded = asyncio.Event()
         self._advanced = asyncio.Condition()
         self._restart = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> PolicyStore:
@@ -181,7 +183,19 @@ class PolicyStore:
     async def _write(
         self, name: str, policy: Policy | None, client: str, expected: int | None
     ) -> PolicyRevision:
-        for _ in range(WRITE_ATTEMPTS):
+        # Writers in this process queue up per name; only other instances race the compare-and-set.
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._compare_and_set(name, policy, client, expected)
+        finally:
+            if not lock.locked() and self._locks.get(name) is lock:
+                del self._locks[name]
+
+    async def _compare_and_set(
+        self, name: str, policy: Policy | None, client: str, expected: int | None
+    ) -> PolicyRevision:
+        for attempt in range(WRITE_ATTEMPTS):
             seq, stored, deleted = await self._latest(name)
             live = stored is not None and not deleted
             if policy is None and not live:
@@ -206,6 +220,7 @@ class PolicyStore:
                 )
             except js_errors.APIError as exc:
                 if exc.err_code in (10071, 10164):  # wrong last sequence: someone wrote first
+                    await asyncio.sleep(random.uniform(0, 0.001 * attempt))  # let the winner's writes pass
                     continue
                 raise
             return msgspec.structs.replace(change, revision=ack.seq)
