@@ -22,6 +22,7 @@ from preguard.proto import Subjects
 
 SERVICES = ("policy", "alert", "probe", "console")
 READY_TIMEOUT = 30.0
+MAX_RESTARTS_PER_MINUTE = 5
 
 
 class UpError(Exception):
@@ -108,8 +109,12 @@ async def _run(args: argparse.Namespace, url: str, data: Path) -> int:
                 say("demo", line)
         say("console", f"http://127.0.0.1:{args.console_port}/  sign-in token: {token}")
         say("ready", f"logs in {data}; Ctrl-C stops everything")
-        watch = asyncio.create_task(_watch(children, stop))
-        await stop.wait()
+        watch = asyncio.create_task(_watch(children, env, data))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([watch, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if watch.done():
+            watch.result()  # raises the UpError that ended it
         watch.cancel()
         return 0
     finally:
@@ -173,14 +178,21 @@ async def _answers(name: str, nc: NATS, subjects: Subjects, console_port: int, s
     return True
 
 
-async def _watch(children: dict[str, subprocess.Popen[bytes]], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                say(name, f"exited with status {proc.returncode}; stopping everything")
-                stop.set()
-                return
+async def _watch(children: dict[str, subprocess.Popen[bytes]], env: dict[str, str], data: Path) -> None:
+    """Restarts a service that exits (enforcement in containers does not wait for it); gives up on a crash loop."""
+    restarts: dict[str, list[float]] = {name: [] for name in children}
+    loop = asyncio.get_running_loop()
+    while True:
         await asyncio.sleep(0.5)
+        for name, proc in children.items():
+            if proc.poll() is None:
+                continue
+            now = loop.time()
+            recent = restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
+            if len(recent) > MAX_RESTARTS_PER_MINUTE:
+                raise UpError(f"the {name} service keeps exiting (status {proc.returncode}): see {data / name}.log")
+            say(name, f"exited with status {proc.returncode}; restarting")
+            children[name] = _spawn(name, env, data)
 
 
 async def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
