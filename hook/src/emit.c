@@ -1,0 +1,143 @@
+/* Event records: built on the stack, written to the container's pipe in one non-blocking write.
+ *
+ * The pipe's descriptor is ours only as long as fstat says it is still the same FIFO: a program that
+ * closed it (closefrom, a loop over close) or dup2'd something over it gets a fresh open from us, never
+ * an event in its own file. SIGPIPE is blocked around the write and a signal we caused is consumed. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hook.h"
+
+#define HIGH_FD 500 /* above what programs usually use, so a close loop over low numbers misses it */
+
+static int pipe_fd = -1;
+static uint64_t pipe_dev, pipe_ino;
+
+static void count(int drop)
+{
+    struct preguard_control *c = __atomic_load_n(&hook_control, __ATOMIC_ACQUIRE);
+    if (!c)
+        return;
+    if (hook_control_writable())
+        __atomic_fetch_add(drop ? &c->drops : &c->events, 1, __ATOMIC_RELAXED);
+}
+
+static int ours(int fd)
+{
+    struct stat st;
+    return fd >= 0 && SYS3(SYS_fstat, fd, &st, 0) == 0 && S_ISFIFO(st.st_mode) &&
+           (uint64_t)st.st_dev == __atomic_load_n(&pipe_dev, __ATOMIC_RELAXED) &&
+           (uint64_t)st.st_ino == __atomic_load_n(&pipe_ino, __ATOMIC_RELAXED);
+}
+
+static int open_pipe(void)
+{
+    char path[HOOK_PATH_MAX];
+    if (!hook_dir_len || hook_dir_len + sizeof "/events" > sizeof path)
+        return -1;
+    memcpy(path, hook_dir, hook_dir_len);
+    memcpy(path + hook_dir_len, "/events", sizeof "/events");
+    long fd = SYS3(SYS_openat, AT_FDCWD, path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -1; /* ENXIO: nobody reads; the event is a drop */
+    struct stat st;
+    if (SYS3(SYS_fstat, fd, &st, 0) != 0 || !S_ISFIFO(st.st_mode)) {
+        SYS3(SYS_close, fd, 0, 0);
+        return -1;
+    }
+    long high = SYS3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, HIGH_FD);
+    if (high >= 0) {
+        SYS3(SYS_close, fd, 0, 0);
+        fd = high;
+    }
+    __atomic_store_n(&pipe_dev, (uint64_t)st.st_dev, __ATOMIC_RELAXED);
+    __atomic_store_n(&pipe_ino, (uint64_t)st.st_ino, __ATOMIC_RELAXED);
+    int expected = -1;
+    if (!__atomic_compare_exchange_n(&pipe_fd, &expected, (int)fd, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        if (ours(expected)) {
+            SYS3(SYS_close, fd, 0, 0);
+            return expected;
+        }
+        __atomic_store_n(&pipe_fd, (int)fd, __ATOMIC_RELEASE);
+    }
+    return (int)fd;
+}
+
+static long write_quietly(int fd, const void *buf, size_t len)
+{
+    /* a reader that went away must cost a drop, never a SIGPIPE */
+    uint64_t set = 1ULL << (SIGPIPE - 1), old = 0, pending = 0;
+    hook_sys(SYS_rt_sigprocmask, SIG_BLOCK, (long)&set, (long)&old, 8, 0, 0);
+    hook_sys(SYS_rt_sigpending, (long)&pending, 8, 0, 0, 0, 0);
+    long n = SYS3(SYS_write, fd, buf, len);
+    int err = n < 0 ? errno : 0;
+    if (err == EPIPE && !(pending & set)) {
+        struct timespec zero = {0, 0};
+        hook_sys(SYS_rt_sigtimedwait, (long)&set, 0, (long)&zero, 8, 0, 0);
+    }
+    hook_sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)&old, 0, 8, 0, 0);
+    errno = err;
+    return n;
+}
+
+void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t revision, const char *target,
+               size_t target_len)
+{
+    int saved = errno;
+    union {
+        struct preguard_record rec;
+        unsigned char bytes[PREGUARD_RECORD_MAX];
+    } u;
+    struct preguard_record *rec = &u.rec;
+    size_t hdr = sizeof *rec, exe_len = hook_exe_len, flags = 0;
+    if (exe_len > PREGUARD_EXE_MAX) {
+        exe_len = PREGUARD_EXE_MAX;
+        flags |= PREGUARD_FLAG_TRUNCATED;
+    }
+    if (target_len > PREGUARD_RECORD_MAX - hdr - exe_len) {
+        target_len = PREGUARD_RECORD_MAX - hdr - exe_len;
+        flags |= PREGUARD_FLAG_TRUNCATED;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    memset(rec, 0, hdr);
+    rec->magic = PREGUARD_RECORD_MAGIC;
+    rec->version = PREGUARD_ABI_VERSION;
+    rec->size = (uint16_t)(hdr + exe_len + target_len);
+    rec->time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    rec->pid = (uint32_t)hook_sys(SYS_getpid, 0, 0, 0, 0, 0, 0);
+    rec->uid = (uint32_t)hook_sys(SYS_geteuid, 0, 0, 0, 0, 0, 0);
+    rec->rule_id = rule_id;
+    rec->revision = revision;
+    rec->kind = (uint8_t)kind;
+    rec->outcome = (uint8_t)outcome;
+    rec->access = (uint8_t)access;
+    rec->flags = (uint8_t)flags;
+    rec->exe_len = (uint16_t)exe_len;
+    rec->target_len = (uint16_t)target_len;
+    memcpy(u.bytes + hdr, hook_exe, exe_len);
+    memcpy(u.bytes + hdr + exe_len, target, target_len);
+
+    int fd = __atomic_load_n(&pipe_fd, __ATOMIC_ACQUIRE);
+    if (!ours(fd)) {
+        /* never close a descriptor that is no longer ours: the program owns that number now */
+        __atomic_compare_exchange_n(&pipe_fd, &fd, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        fd = open_pipe();
+    }
+    long n = fd >= 0 ? write_quietly(fd, u.bytes, rec->size) : -1;
+    if (n < 0 && errno == EPIPE) {
+        /* the reader went away: let the next event open afresh (and find out whether one is back) */
+        int expected = fd;
+        if (__atomic_compare_exchange_n(&pipe_fd, &expected, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            SYS3(SYS_close, fd, 0, 0);
+    }
+    count(n != (long)rec->size);
+    errno = saved;
+}

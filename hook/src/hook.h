@@ -1,0 +1,90 @@
+/* Shared declarations of the preload library: state, checks, and the helpers every family uses. */
+#ifndef PREGUARD_HOOK_H
+#define PREGUARD_HOOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "preguard/abi.h"
+
+#define HOOK_EXPORT __attribute__((visibility("default")))
+#define HOOK_PATH_MAX 4096
+
+enum { HOOK_ALLOW = 0, HOOK_DENY = 1 };
+
+/* -- init.c: lifecycle, the recursion guard, symbol resolution ---------------------------------- */
+void hook_init(void);
+int hook_enter(void); /* 1: this thread is not inside the library; 0: pass straight through */
+void hook_leave(void);
+typedef void (*hook_fn)(void);
+hook_fn hook_resolve(const char *name, hook_fn self); /* dlsym(RTLD_NEXT); exits on ourselves */
+extern char hook_dir[HOOK_PATH_MAX];              /* canonical directory of the library */
+extern size_t hook_dir_len;
+extern char hook_exe[PREGUARD_EXE_MAX];
+extern size_t hook_exe_len;
+
+/* Resolves a real_* pointer on first use, so hooked calls that arrive before the constructor work. */
+#define REAL(name)                                                                                            \
+    __extension__({                                                                                           \
+        if (!real_##name)                                                                                     \
+            real_##name = (__typeof__(real_##name))hook_resolve(#name, (hook_fn)&name);                       \
+        real_##name;                                                                                          \
+    })
+
+/* -- rules.c: the mapped rules and matching ------------------------------------------------------ */
+struct hook_rules {
+    const unsigned char *base;
+    size_t size;
+    const struct preguard_rules_header *hdr;
+    const uint32_t *buckets;
+    const struct preguard_rule_entry *entries;
+    const char *strings;
+    uint64_t generation;
+};
+
+struct hook_match {
+    int action; /* PREGUARD_ACT_*, 0: nothing matched */
+    uint32_t rule_id;
+    uint8_t bits; /* the winning entry's bits */
+    const char *subject; /* what matched (for the event's target) */
+    size_t subject_len;
+};
+
+extern struct preguard_control *hook_control; /* NULL until the control file is mapped */
+const struct hook_rules *hook_rules(void); /* current rules (NULL: none); reloads on a new generation */
+int hook_control_writable(void); /* 0: mapped read-only, counters are not ours to touch */
+uint64_t hook_fs_generation(void);
+void hook_fs_changed(void); /* a rename or removal: cached path facts are stale */
+int hook_wants(const struct hook_rules *r, int has_flag, int default_slot);
+void hook_match_path(const struct hook_rules *r, int exact, int glob, const char *path, size_t len, int bits,
+                     struct hook_match *m);
+void hook_match_name(const struct hook_rules *r, const char *name, size_t len, struct hook_match *m);
+void hook_match_net(const struct hook_rules *r, int v6, const unsigned char *addr, int port, int proto_bits,
+                    struct hook_match *m);
+/* Applies the kind's default, emits the event; returns HOOK_DENY for a block. */
+int hook_conclude(const struct hook_rules *r, struct hook_match *m, int default_slot, int kind, int access,
+                  const char *fallback, size_t fallback_len);
+int hook_glob(const char *p, size_t plen, const char *s, size_t slen);
+
+/* -- path.c: absolute, canonical paths ----------------------------------------------------------- */
+/* Canonical absolute path of `path` relative to dirfd into out (HOOK_PATH_MAX): `.`, `..`, `//` and
+ * symlinks resolved (the final one only when follow). Returns the length or -errno. */
+int hook_canon(int dirfd, const char *path, int follow, char *out);
+/* The same with only lexical processing: no symlink is read. */
+int hook_lexical(int dirfd, const char *path, char *out);
+void hook_cwd_changed(void);
+int hook_is_protected(const char *canon, size_t len); /* the library's own files, /etc/ld.so.preload */
+
+/* -- emit.c: event records ------------------------------------------------------------------------ */
+void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t revision, const char *target,
+               size_t target_len);
+
+/* -- file.c: judging a path operation (exec.c and net.c use it too) ------------------------------- */
+int hook_judge_file(int dirfd, const char *path, int bits, int follow); /* 0, or -1 with errno set */
+
+/* raw system calls: never through the hooks, never touching another library's state */
+long hook_sys(long nr, long a, long b, long c, long d, long e, long f);
+#define SYS3(nr, a, b, c) hook_sys((nr), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+#endif
