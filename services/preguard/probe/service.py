@@ -77,6 +77,11 @@ class Probe:
         self._runner: asyncio.Task[None] | None = None
         self._bundle_sub: object = None
 
+    @property
+    def held_events(self) -> int:
+        """Events waiting for NATS (while it is unreachable)."""
+        return self._publisher.held
+
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Returns once containers are listed and the bundle subscription is in place."""
@@ -106,7 +111,7 @@ class Probe:
         )
         log.info("probe_started", host=self.host, containers=len(self.containers))
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (STYLE's signature)
+    async def stop(self, timeout: float = 5.0) -> None:
         """Stops reading and publishing; what is injected stays and keeps enforcing the last rules."""
         with contextlib.suppress(Exception):
             if self._bundle_sub is not None:
