@@ -185,3 +185,23 @@ async def test_a_heartbeat_from_another_hosts_subject_is_ignored(
     bundle = msgspec.json.decode((await sub.next_msg(timeout=5)).data, type=PolicyBundle)
     assert bundle.host == "honest"
     assert (await api.call("preview", policy("all"), PolicyPreview)).hosts == ["honest"]
+
+
+async def test_a_policy_that_would_overflow_a_hosts_bundle_is_refused(
+    nc: NATS, subjects: Subjects, api: Api, policy_service: PolicyService
+) -> None:
+    sub = await nc.subscribe(subjects.policy("h1"))
+    await nc.publish(subjects.status("h1"), encode(status("h1")))
+    await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    share = nc.max_payload * 2 // 5  # three of these cannot travel in one bundle
+    rules = [FileRule(path="/" + "x" * 3999) for _ in range(share // 4030)]
+    await api.call("put", Policy(name="big-1", rules=rules), Stored)
+    await api.call("put", Policy(name="big-2", rules=rules), Stored)
+    third = Policy(name="big-3", rules=rules)
+    refused = await api.refused("validate", third)
+    assert refused.error == "bundle too large"
+    assert "host h1's bundle" in refused.details[0].error
+    assert (await api.refused("put", third)).error == "bundle too large"
+    elsewhere = Policy(name="big-3", rules=rules, selector=Selector(hosts=["other-*"]))
+    assert (await api.call("put", elsewhere, Stored)).ok  # reaches no host that carries the others

@@ -59,7 +59,7 @@ def test_bundle_holds_the_host_matching_policies_sorted_by_name() -> None:
         Policy(name="db", selector=Selector(hosts=["db-*"])),
         Policy(name="all", selector=Selector(hosts=["*"], containers=["nothing-matches"])),
     ]
-    got = bundle("web-1", 7, policies, NOW)
+    got = bundle("web-1", 7, {p.name: p for p in policies}, NOW)
     assert (got.host, got.revision, got.time) == ("web-1", 7, NOW)
     assert [p.name for p in got.policies] == ["all", "zed"]  # containers are the probe's business
 

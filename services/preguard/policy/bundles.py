@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 
 from preguard.proto import ContainerStatus, Policy, PolicyBundle, ProbeStatus
@@ -41,9 +41,9 @@ def image_names(image: str) -> list[str]:
     return names
 
 
-def bundle(host: str, revision: int, policies: Iterable[Policy], now: datetime) -> PolicyBundle:
+def bundle(host: str, revision: int, policies: Mapping[str, Policy], now: datetime) -> PolicyBundle:
     """Every policy whose host globs match, by name, at one global revision."""
-    chosen = sorted((p for p in policies if host_matches(p, host)), key=lambda p: p.name)
+    chosen = [p for n in sorted(policies) if host_matches(p := policies[n], host)]
     return PolicyBundle(host=host, revision=revision, policies=chosen, time=now)
 
 

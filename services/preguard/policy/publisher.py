@@ -8,6 +8,7 @@ bundle computed from an older view than one another instance already published i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -104,7 +105,7 @@ class Publisher:
             while self._dirty and self._store.revision == revision:
                 host = self._dirty.pop()
                 try:
-                    await self._publish(host, revision, list(policies.values()), now)
+                    await self._publish(host, revision, policies, now)
                 except (nats.errors.Error, TimeoutError) as exc:
                     log.warning("bundle_publish_failed", host=host, revision=revision, error=repr(exc))
                     self._dirty.add(host)
@@ -114,7 +115,7 @@ class Publisher:
             if self._dirty:
                 self._wake.set()
 
-    async def _publish(self, host: str, revision: int, policies: list[Policy], now: datetime) -> None:
+    async def _publish(self, host: str, revision: int, policies: Mapping[str, Policy], now: datetime) -> None:
         subject = self._subjects.policy(host)
         retained = self._retained.get(host) or await self._read(subject)
         for _ in range(8):

@@ -68,7 +68,6 @@ class PolicyService:
         self._subs: list[Subscription] = []
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._sizes: dict[str, tuple[int, int]] = {}  # policy -> (revision, encoded bytes)
 
     @property
     def hosts(self) -> list[str]:
@@ -274,28 +273,22 @@ class PolicyService:
             ) from None
 
     def _check_bundle_size(self, policy: Policy) -> None:
-        """Refuse a policy that would make some host's bundle too large for the server to carry."""
-        limit = self._nc.max_payload - 1024
-        others = {n: p for n, p in self._store.policies().items() if n != policy.name}
-        size = len(encode(policy))
-        if size + sum(self._size(n, p) for n, p in others.items()) <= limit:
-            return  # even a host every policy selects fits
-        for host in self.hosts:
-            if not bundles.host_matches(policy, host):
-                continue
-            total = size + sum(self._size(n, p) for n, p in others.items() if bundles.host_matches(p, host))
-            if total > limit:
-                raise Refusal(
-                    "bundle too large", reason=f"host {host}'s bundle would be {total} bytes, over {limit}"
-                )
+        """Refuse a policy that would make some host's bundle too large for the server to carry.
 
-    def _size(self, name: str, policy: Policy) -> int:
-        current = self._store.current(name)
-        revision = current.revision if current else -1
-        cached = self._sizes.get(name)
-        if cached is None or cached[0] != revision:
-            cached = self._sizes[name] = (revision, len(encode(policy)) + 1)
-        return cached[1]
+        Stored record sizes bound the policies' encoded sizes from above: one sum answers the
+        common case, and only when that is over the limit is each host's bundle worked out.
+        """
+        limit = self._nc.max_payload - 1024
+        size, store = len(encode(policy)), self._store
+        if store.total_bytes - store.size(policy.name) + size <= limit:
+            return  # even a host every policy selects fits
+        others = {n: p for n, p in store.policies().items() if n != policy.name}
+        for host in self.hosts:
+            if bundles.host_matches(policy, host):
+                total = size + sum(len(encode(p)) for p in others.values() if bundles.host_matches(p, host))
+                if total > limit:
+                    reason = f"host {host}'s bundle would be {total} bytes, over {limit}"
+                    raise Refusal("bundle too large", reason=reason)
 
 
 def _client(msg: Msg) -> str:

@@ -56,7 +56,7 @@ class PolicyStore:
     def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
         self._js, self._kv, self._bucket = js, kv, bucket
         self._stream = f"KV_{bucket}"
-        self._current: dict[str, PolicyRevision] = {}  # live policies by name
+        self._view = _View()
         self.revision = 0  # global revision the view reflects
         self._loaded = asyncio.Event()
         self._advanced = asyncio.Condition()
@@ -75,10 +75,18 @@ class PolicyStore:
     # -- the view -------------------------------------------------------------------------------
     def policies(self) -> dict[str, Policy]:
         """Live policies by name at `revision` (a fresh dict: callers may keep it)."""
-        return {name: r.policy for name, r in self._current.items() if r.policy is not None}
+        return {name: r.policy for name, r in self._view.current.items() if r.policy is not None}
 
     def current(self, name: str) -> PolicyRevision | None:
-        return self._current.get(name)
+        return self._view.current.get(name)
+
+    def size(self, name: str) -> int:
+        """The live policy's stored record size, an upper bound on its encoded size; 0 if none."""
+        return self._view.sizes.get(name, 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._view.total
 
     @property
     def loaded(self) -> bool:
@@ -112,7 +120,7 @@ class PolicyStore:
     async def _follow(self, on_change: Callable[[], None]) -> None:
         self._restart.clear()
         watcher = await self._kv.watchall()
-        fresh: dict[str, PolicyRevision] | None = {}  # the initial load, swapped in whole
+        fresh: _View | None = _View()  # the initial load, swapped in whole once complete
         revision = 0
         try:
             while not self._restart.is_set():
@@ -125,7 +133,7 @@ class PolicyStore:
                     continue
                 if entry is None:  # the initial load is complete
                     assert fresh is not None
-                    self._current, fresh = fresh, None
+                    self._view, fresh = fresh, None
                     await self._advance(revision)
                     self._loaded.set()
                     on_change()
@@ -134,12 +142,9 @@ class PolicyStore:
                 if seq <= revision:
                     continue  # a redelivery after the consumer reset itself
                 revision = seq
-                target = self._current if fresh is None else fresh
-                deleted = entry.operation in _DELETED
-                if deleted:
-                    target.pop(entry.key, None)
-                elif (stored := _decode(entry.key, entry.value or b"", seq)) is not None:
-                    target[entry.key] = stored
+                value = entry.value or b""
+                stored = None if entry.operation in _DELETED else _decode(entry.key, value, seq)
+                (self._view if fresh is None else fresh).apply(entry.key, stored, len(value))
                 if fresh is None:
                     await self._advance(seq)
                     on_change()
@@ -235,6 +240,22 @@ class PolicyStore:
         seq = msg.seq or 0
         deleted = (msg.headers or {}).get(_KV_OP) in _DELETED
         return seq, _decode(name, msg.data or b"", seq), deleted
+
+
+class _View:
+    """Live policies by name, with their stored record sizes and the sum of those."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, PolicyRevision] = {}
+        self.sizes: dict[str, int] = {}
+        self.total = 0
+
+    def apply(self, name: str, stored: PolicyRevision | None, size: int) -> None:
+        self.current.pop(name, None)
+        self.total -= self.sizes.pop(name, 0)
+        if stored is not None and stored.policy is not None:
+            self.current[name], self.sizes[name] = stored, size
+            self.total += size
 
 
 def _decode(name: str, data: bytes, seq: int) -> PolicyRevision | None:
