@@ -29,6 +29,10 @@ static void match_exe(const struct hook_rules *r, const char *p, size_t n, struc
     while (b > p && b[-1] != '/')
         b--;
     hook_match_name(r, b, n - (size_t)(b - p), m);
+    if (m->subject == b) { /* a name rule matched: the event names the whole path */
+        m->subject = p;
+        m->subject_len = n;
+    }
 }
 
 static int is_loader(const char *p, size_t n)
