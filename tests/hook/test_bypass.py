@@ -1,0 +1,189 @@
+"""No bypass by another spelling: relative paths, dirfd, `.`/`..`/`//`, /proc/self/root, symlinks,
+hard links made at run time, the dynamic loader, PATH search; allow-list mode; the library's own files."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+from preguard.proto import Kind, Outcome
+from preguard.proto.abi import NO_RULE
+
+from tests.hook.conftest import Guard, policy
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "sub").mkdir()
+    (d / "secret").write_text("s3cret")
+    (d / "public").write_text("hello")
+    return d / "secret"
+
+
+@pytest.fixture
+def blocked(guard: Guard, secret: Path) -> Guard:
+    guard.install(policy({"kind": "file", "path": str(secret), "access": "read"}))
+    return guard
+
+
+SPELLINGS = [
+    "./secret",
+    "secret",
+    "sub/../secret",
+    ".//sub/..//./secret",
+    "../data/secret",
+]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_relative_spellings_are_judged_as_the_canonical_path(
+    blocked: Guard, calls: Path, secret: Path, spelling: str
+) -> None:
+    assert blocked.run([calls, "open", spelling, ""], cwd=secret.parent).stdout == "err 13\n"
+    assert [e.target for e in blocked.events()] == [str(secret)]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{d}//secret", "{d}/./secret", "{d}/sub/../secret", "/proc/self/root{d}/secret", "/proc/self/../self/root/{d}/secret"],
+)
+def test_absolute_spellings_are_judged_as_the_canonical_path(
+    blocked: Guard, calls: Path, secret: Path, spelling: str
+) -> None:
+    path = spelling.format(d=secret.parent)
+    assert blocked.run([calls, "open", path, ""]).stdout == "err 13\n"
+    assert [e.target for e in blocked.events()] == [str(secret)]
+
+
+def test_dirfd_spellings_are_judged(blocked: Guard, calls: Path, secret: Path) -> None:
+    d = secret.parent
+    assert blocked.run([calls, "openat", d / "sub", "../secret", ""]).stdout == "err 13\n"
+    assert blocked.run([calls, "openat", d, "sub/../secret", ""]).stdout == "err 13\n"
+    assert blocked.run([calls, "openat", "/", str(secret)[1:], ""]).stdout == "err 13\n"
+    assert blocked.run([calls, "openat", d, "public", ""]).stdout == "ok\n"
+
+
+def test_symlinks_to_the_file_or_its_directory_do_not_get_around_a_rule(
+    blocked: Guard, calls: Path, secret: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "file-link").symlink_to(secret)
+    (tmp_path / "chain").symlink_to(tmp_path / "file-link")
+    (tmp_path / "dir-link").symlink_to(secret.parent)
+    (tmp_path / "rel-link").symlink_to("data/sub/../secret")
+    for path in ("file-link", "chain", "dir-link/secret", "rel-link", "dir-link/sub/../secret"):
+        assert blocked.run([calls, "open", tmp_path / path, ""]).stdout == "err 13\n", path
+        assert blocked.run([calls, "fopen", tmp_path / path, "r"]).stdout == "err 13\n", path
+    assert blocked.run([calls, "open", tmp_path / "dir-link/public", ""]).stdout == "ok\n"
+    assert {e.target for e in blocked.events()} == {str(secret)}
+
+
+def test_a_symlink_created_at_run_time_is_seen(blocked: Guard, tmp_path: Path, secret: Path) -> None:
+    # one process: opens through a directory (caching that it is no link), swaps it for a link, opens again
+    script = f"""
+mkdir {tmp_path}/swap && touch {tmp_path}/swap/secret && cat {tmp_path}/swap/secret && echo first-ok
+rm {tmp_path}/swap/secret && rmdir {tmp_path}/swap && ln -s {secret.parent} {tmp_path}/swap
+cat {tmp_path}/swap/secret || echo second-denied
+"""
+    out = blocked.run(["bash", "-c", script])
+    assert "first-ok" in out.stdout and "second-denied" in out.stdout
+
+
+def test_hard_link_to_a_protected_file_made_at_run_time_is_refused(
+    blocked: Guard, calls: Path, secret: Path
+) -> None:
+    for call in ("link", "linkat"):
+        assert blocked.run([calls, call, secret, secret.parent / "alias"]).stdout == "err 13\n"
+    assert not (secret.parent / "alias").exists()
+    assert blocked.run([calls, "link", secret.parent / "public", secret.parent / "alias"]).stdout == "ok\n"
+
+
+def test_exec_through_the_dynamic_loader_is_judged_as_the_program(guard: Guard, calls: Path) -> None:
+    loader = sorted(glob.glob("/lib64/ld-linux-*.so.*"))[0]
+    guard.install(policy({"kind": "process", "path": "/usr/bin/echo"}))
+    for argv in ([loader, "/usr/bin/echo", "hi"], [loader, "--argv0", "x", "/bin/echo", "hi"]):
+        assert guard.run([calls, "execv", *argv]).stdout == "err 13\n"
+    assert guard.run([calls, "execv", loader, "/usr/bin/true"]).returncode == 0
+    assert {e.target for e in guard.events()} == {"/usr/bin/echo"}
+
+
+def test_exec_spellings_relative_symlinked_and_as_written(guard: Guard, calls: Path, tmp_path: Path) -> None:
+    (tmp_path / "innocent").symlink_to("/usr/bin/echo")
+    guard.install(policy({"kind": "process", "path": "/usr/bin/echo"}, {"kind": "process", "path": "/bin/cat"}))
+    assert guard.run([calls, "execve", tmp_path / "innocent", "hi"]).stdout == "err 13\n"
+    assert guard.run([calls, "execve", "./innocent", "hi"], cwd=tmp_path).stdout == "err 13\n"
+    assert guard.run([calls, "execve", "../../usr/bin/echo", "x"], cwd="/usr/lib").stdout == "err 13\n"
+    # a rule on /bin/cat holds where /bin is a link to /usr/bin
+    assert guard.run([calls, "execve", "/bin/cat", "/dev/null"]).stdout == "err 13\n"
+    assert guard.run([calls, "execvp", "echo", "hi"], env={"PATH": f"{tmp_path}:/usr/bin"}).stdout == "err 13\n"
+
+
+def test_glob_star_stays_in_one_directory_and_double_star_goes_deep(
+    guard: Guard, calls: Path, tmp_path: Path
+) -> None:
+    for p in ("a/x.key", "a/b/y.key", "c/d/e/z.pem", "c/top.pem"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text("k")
+    guard.install(
+        policy({"kind": "file", "path": f"{tmp_path}/a/*.key"}, {"kind": "file", "path": f"{tmp_path}/c/**/*.pem"})
+    )
+    verdicts = {p: guard.run([calls, "open", tmp_path / p, ""]).stdout for p in ("a/x.key", "a/b/y.key", "c/d/e/z.pem", "c/top.pem")}
+    assert verdicts == {"a/x.key": "err 13\n", "a/b/y.key": "ok\n", "c/d/e/z.pem": "err 13\n", "c/top.pem": "ok\n"}
+
+
+def test_allow_list_mode_denies_what_no_allow_rule_admits(guard: Guard, calls: Path, tmp_path: Path) -> None:
+    compiled = guard.install(
+        policy(
+            {"kind": "process", "path": "/usr/bin/echo", "action": "allow"},
+            {"kind": "process", "path": f"{calls.parent}/*", "action": "allow"},
+            defaults={"process": "deny"},
+        )
+    )
+    assert guard.run([calls, "execv", "/usr/bin/echo", "hi"]).stdout == "hi\n"
+    assert guard.run([calls, "execv", "/usr/bin/true"]).stdout == "err 13\n"
+    [event] = guard.events()
+    assert compiled.origins[event.rule_id].rule == -1 and event.target == "/usr/bin/true"
+
+
+def test_allow_list_for_files_and_network(guard: Guard, calls: Path, secret: Path) -> None:
+    guard.install(
+        policy(
+            {"kind": "file", "path": "/**", "action": "allow"},
+            {"kind": "file", "path": str(secret), "action": "block"},
+            {"kind": "network", "cidr": "127.0.0.1/32", "action": "allow"},
+            defaults={"file": "deny", "network": "deny"},
+        )
+    )
+    assert guard.run([calls, "open", secret.parent / "public", ""]).stdout == "ok\n"
+    assert guard.run([calls, "open", secret, ""]).stdout == "err 13\n"  # block beats allow
+    assert guard.run([calls, "sendto", "4", "127.0.0.1", "9"]).stdout == "ok\n"
+    assert guard.run([calls, "sendto", "4", "127.0.0.2", "9"]).stdout == "err 13\n"
+
+
+def test_merged_policies_block_beats_audit_beats_allow(guard: Guard, calls: Path, secret: Path) -> None:
+    path = str(secret)
+    compiled = guard.install(
+        policy({"kind": "file", "path": path, "action": "audit"}, name="a"),
+        policy({"kind": "file", "path": path, "action": "allow"}, {"kind": "file", "path": path}, name="b"),
+    )
+    assert guard.run([calls, "open", secret, ""]).stdout == "err 13\n"
+    [event] = guard.events()
+    assert (compiled.origins[event.rule_id].policy, compiled.origins[event.rule_id].rule) == ("b", 1)
+
+
+def test_the_library_files_and_ld_so_preload_are_protected_from_writes(guard: Guard, calls: Path) -> None:
+    guard.install(policy())
+    for target in (guard.dir / "rules.bin", guard.dir / "control", guard.dir / "new"):
+        assert guard.run([calls, "open", target, "wc"]).stdout == "err 13\n"
+    assert guard.run([calls, "unlink", guard.dir / "rules.bin"]).stdout == "err 13\n"
+    assert guard.run([calls, "rename", guard.dir / "libpreguard.so", guard.dir / "x"]).stdout == "err 13\n"
+    assert guard.run([calls, "open", guard.dir / "rules.bin", ""]).stdout == "ok\n"  # reading is fine
+    # write-only open without create or truncate: harmless on the host even if it were allowed
+    assert not os.path.exists("/etc/ld.so.preload") or os.path.getsize("/etc/ld.so.preload") >= 0
+    assert guard.run([calls, "open", "/etc/ld.so.preload", "w"]).stdout == "err 13\n"
+    events = guard.events()
+    assert {(e.kind, e.action, e.rule_id) for e in events} == {(Kind.TAMPER, Outcome.BLOCKED, NO_RULE)}
+    assert "/etc/ld.so.preload" in {e.target for e in events}
