@@ -1,0 +1,188 @@
+"""End to end with the real library: bundle -> rules in the container -> denied call -> Event on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from preguard.proto import (
+    Event,
+    FileRule,
+    Kind,
+    NetworkRule,
+    Outcome,
+    Policy,
+    ProcessRule,
+    Protocol,
+    Selector,
+    Severity,
+    Subjects,
+    decode_events,
+)
+from tests.probe.conftest import SCOPE_LABEL, PublishBundle, StartProbe, eventually, pid_of, run_in
+
+pytestmark = pytest.mark.docker
+
+SETUP = ["/bin/sh", "-c", "echo secret > /etc/shadow; exec sleep 3600"]
+
+
+def lockdown(scope: str) -> Policy:
+    return Policy(
+        name="lockdown",
+        severity=Severity.HIGH,
+        selector=Selector(labels={SCOPE_LABEL: scope}),
+        rules=[
+            ProcessRule(name="id"),
+            FileRule(path="/etc/shadow"),
+            NetworkRule(cidr="127.0.0.2/32", ports="1-1024", protocol=Protocol.TCP),
+        ],
+    )
+
+
+async def injected(c: Any) -> dict[str, Any]:
+    info: dict[str, Any] = await c.show()
+    root = Path(f"/proc/{pid_of(info)}/root")
+    await eventually(lambda: (root / "etc/ld.so.preload").exists() and (root / "etc/shadow").exists())
+    return info
+
+
+async def one_event(sub: Any) -> Event:
+    events = decode_events((await sub.next_msg(timeout=5)).data)
+    assert len(events) == 1, events
+    return events[0]
+
+
+async def test_blocked_exec_open_and_connect_each_produce_one_event(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=4)  # before the probe runs: retained
+    c = await container(glibc_image, SETUP)
+    await start_probe()
+    info = await injected(c)
+    sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+
+    code, out = await run_in(c, "/bin/cat", "/etc/shadow")
+    assert code != 0
+    assert "Permission denied" in out
+    e = await one_event(sub)
+    assert (e.kind, e.action, e.target, e.access) == (Kind.FILE, Outcome.BLOCKED, "/etc/shadow", "read")
+    assert (e.policy, e.rule, e.severity, e.revision) == ("lockdown", 1, Severity.HIGH, 4)
+    assert (e.container_id, e.container_name, e.host) == (c.id[:12], info["Name"].lstrip("/"), host)
+    assert e.exe.endswith("/cat")
+
+    code, out = await run_in(c, "/bin/sh", "-c", "/usr/bin/id")
+    assert code != 0
+    e = await one_event(sub)
+    assert (e.kind, e.action, e.rule, e.access) == (Kind.PROCESS, Outcome.BLOCKED, 0, "exec")
+    assert e.exe == "/usr/bin/sh"
+    assert e.target.rsplit("/", 1)[-1] == "id"  # the library reports a name rule's hit by name
+
+    code, out = await run_in(c, "/bin/bash", "-c", "echo > /dev/tcp/127.0.0.2/80")
+    assert code != 0
+    assert "Permission denied" in out
+    e = await one_event(sub)
+    assert (e.kind, e.action, e.target, e.rule) == (Kind.NETWORK, Outcome.BLOCKED, "127.0.0.2:80", 2)
+
+    code, out = await run_in(c, "/bin/cat", "/etc/passwd")  # not in the policy: untouched
+    assert code == 0
+    assert "root:x:0:0" in out
+
+
+async def test_a_new_bundle_reaches_running_processes_and_a_removed_one_frees_them(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    c = await container(glibc_image, SETUP)
+    await start_probe()
+    await injected(c)
+    assert (await run_in(c, "/bin/cat", "/etc/hostname"))[0] == 0
+    sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+
+    root = Path(f"/proc/{pid_of(await c.show())}/root")
+    # a shell already running reads the file in a loop until the new rules deny it
+    loop = asyncio.create_task(
+        run_in(
+            c,
+            "/bin/bash",
+            "-c",
+            ": > /tmp/started; while ((SECONDS < 10)); do read -r x < /etc/hostname || exit 0; done; exit 1",
+        )
+    )
+    await eventually(lambda: (root / "tmp/started").exists())
+    tighter = Policy(
+        name="lockdown",
+        selector=Selector(labels={SCOPE_LABEL: scope}),
+        rules=[FileRule(path="/etc/hostname")],
+    )
+    await publish_bundle([tighter], revision=2)
+    code, out = await loop
+    assert code == 0, out
+    e = await one_event(sub)
+    assert (e.target, e.revision, e.policy) == ("/etc/hostname", 2, "lockdown")
+
+    await publish_bundle([], revision=3)
+    await eventually(lambda: not (root / "etc/ld.so.preload").exists())
+    assert (await run_in(c, "/bin/cat", "/etc/shadow"))[0] == 0
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_probe_leaves_enforcement_in_place_and_a_restarted_one_resumes(
+    nc: NATS,
+    nats_url: str,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    c = await container(glibc_image, SETUP)
+    env = {
+        **os.environ,
+        "PREGUARD_NATS_URL": nats_url,
+        "PREGUARD_PREFIX": subjects.prefix,
+        "PREGUARD_HOST": host,
+        "PREGUARD_SCOPE": f"{SCOPE_LABEL}={scope}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "preguard.probe", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await injected(c)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    code, out = await run_in(c, "/bin/cat", "/etc/shadow")  # nobody reads the pipe: still denied
+    assert code != 0
+    assert "Permission denied" in out
+
+    sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+    await start_probe()
+    code, _ = await run_in(c, "/bin/cat", "/etc/shadow")
+    assert code != 0
+    e = await one_event(sub)
+    assert (e.target, e.policy) == ("/etc/shadow", "lockdown")
