@@ -43,6 +43,7 @@ REVISION_HEADER = "Preguard-Revision"  # on get replies: the policy's current gl
 VERBS = ("put", "delete", "get", "list", "validate", "history", "preview")
 MAX_SMALL_REQUEST = 4096  # every request but put, validate and preview carries a name at most
 MAX_CLIENT = 128
+CONCURRENCY = 32  # requests in progress per verb; puts to one policy still queue on its name
 PENDING_MSGS = 8192  # per verb: a flood beyond this is dropped by the client library, not queued
 PENDING_BYTES = 64 * 1024 * 1024
 
@@ -66,7 +67,8 @@ class PolicyService:
         self._publisher = Publisher(nc, store, subjects)
         self._statuses: dict[str, ProbeStatus] = {}  # last heartbeat per host, for preview
         self._subs: list[Subscription] = []
-        self._tasks: asyncio.TaskGroup | None = None
+        self._tasks: asyncio.TaskGroup | None = None  # set while running: requests are handled in it
+        self._inflight: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
 
     @property
@@ -111,6 +113,8 @@ class PolicyService:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.drain()  # type: ignore[no-untyped-call]
             self._subs.clear()
+            if self._inflight:  # answer what was taken in before stopping the loops
+                await asyncio.wait(self._inflight)
             if self._runner is not None:
                 self._runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -122,6 +126,7 @@ class PolicyService:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._store.follow(self._publisher.changed))
                 tasks.create_task(self._publisher.run())
+                self._tasks = tasks
                 started.set()
         except* Exception:
             log.exception("policy_service_failed")
@@ -152,6 +157,16 @@ class PolicyService:
             else MAX_SMALL_REQUEST
         )
 
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def take(msg: Msg) -> None:
+            await slots.acquire()  # all slots busy: the subscription queues, up to its pending limit
+            assert self._tasks is not None
+            task = self._tasks.create_task(serve(msg))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda _: slots.release())
+
         async def serve(msg: Msg) -> None:
             with structlog.contextvars.bound_contextvars(verb=verb, client=_client(msg)):
                 try:
@@ -166,9 +181,16 @@ class PolicyService:
                 except (nats.errors.Error, TimeoutError) as exc:
                     reply, headers = Refused(error="store unavailable", details=[_whole(repr(exc))]), None
                     log.warning("request_failed", error=repr(exc))
-                await self._respond(msg, reply, headers)
+                except Exception as exc:  # a bug in one request must not take the service down
+                    reply, headers = (
+                        Refused(error="internal error", details=[_whole(type(exc).__name__)]),
+                        None,
+                    )
+                    log.exception("request_crashed")
+                with contextlib.suppress(nats.errors.Error):  # the asker may be gone, or NATS
+                    await self._respond(msg, reply, headers)
 
-        return serve
+        return take
 
     async def _respond(self, msg: Msg, reply: Message, headers: dict[str, str] | None) -> None:
         if not msg.reply:
