@@ -40,6 +40,7 @@ class Guard:
 
     def __init__(self, root: Path, lib: Path) -> None:
         self.dir = root
+        root.mkdir(parents=True, exist_ok=True)
         self.lib = root / LIBRARY
         self.lib.write_bytes(lib.read_bytes())
         init_directory(root)
@@ -84,8 +85,7 @@ class Guard:
 
 @pytest.fixture
 def guard(hook_build: Path, tmp_path: Path) -> Iterator[Guard]:
-    g = Guard(tmp_path / "pg", hook_build / "libpreguard-glibc.so") if (tmp_path / "pg").mkdir() is None else None
-    assert g is not None
+    g = Guard(tmp_path / "pg", hook_build / "libpreguard-glibc.so")
     yield g
     g.close()
 
