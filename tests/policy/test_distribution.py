@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
+import nats.js.errors
 from nats.js.api import DeliverPolicy
 
 from preguard.policy.service import PolicyService
@@ -115,3 +116,23 @@ async def test_a_flood_of_requests_does_not_hold_back_bundles(
     stored = await api.call("put", policy("urgent", hosts=["busy"]), Stored)
     bundle = await next_bundle(sub, stored.revision)
     assert "urgent" in [p.name for p in bundle.policies]
+
+
+async def test_a_deleted_bundle_stream_is_made_again_and_refilled(
+    hosts: Hosts, api: Api, policy_service: PolicyService
+) -> None:
+    await hosts.join("h1")
+    for sub in hosts.subs:  # their consumers go with the stream
+        await sub.unsubscribe()
+    js = hosts.nc.jetstream()
+    await js.delete_stream(hosts.subjects.stream_bundles())
+    stored = await api.call("put", policy("web"), Stored)
+    async with asyncio.timeout(10):  # polling NATS state for the stream, not waiting for a message
+        while True:
+            try:
+                await js.stream_info(hosts.subjects.stream_bundles())
+                break
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.05)
+    bundle = await next_bundle(await hosts.subscribe("h1"), stored.revision)
+    assert [p.name for p in bundle.policies] == ["web"]

@@ -110,6 +110,8 @@ class Publisher:
                     log.warning("bundle_publish_failed", host=host, revision=revision, error=repr(exc))
                     self._dirty.add(host)
                     await asyncio.sleep(0.5)  # NATS away: retry, without spinning
+                    if isinstance(exc, js_errors.NoStreamResponseError):  # the stream was deleted
+                        await self._recreate()
                     self._wake.set()
                     break
             if self._dirty:
@@ -138,6 +140,15 @@ class Publisher:
             log.info("bundle_published", host=host, revision=revision, size=len(data))
             return
         log.warning("bundle_publish_contended", host=host, revision=revision)
+
+    async def _recreate(self) -> None:
+        try:
+            await ensure_bundle_stream(self._nc, self._subjects)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("bundle_stream_unavailable", error=repr(exc))
+            return
+        self._retained = dict.fromkeys(self._retained)  # what was retained is gone with the stream
+        self._dirty.update(self._retained)
 
     async def _read(self, subject: str) -> _Retained:
         try:

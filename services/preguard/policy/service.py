@@ -82,9 +82,14 @@ class PolicyService:
         started = asyncio.Event()
         self._runner = asyncio.create_task(self._run(started))  # the TaskGroup lives in _run
         await started.wait()
-        async with asyncio.timeout(30):
-            while not self._store.loaded:
-                await self._store.sync(within=5.0)
+        try:
+            async with asyncio.timeout(30):
+                while not self._store.loaded:
+                    with contextlib.suppress(TimeoutError):
+                        await self._store.sync(within=5.0)
+        except BaseException:
+            self._runner.cancel()  # no half-started service left running behind the caller's back
+            raise
         handlers: dict[str, Callable[[Msg], Awaitable[Reply]]] = {
             "put": self._put,
             "delete": self._delete,
