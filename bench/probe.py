@@ -71,7 +71,6 @@ def probe_process(url: str, prefix: str, host: str, scope: str, **extra: str) ->
         "PREGUARD_PREFIX": prefix,
         "PREGUARD_HOST": host,
         "PREGUARD_SCOPE": f"{LABEL}={scope}",
-        "PREGUARD_STATUS_INTERVAL": "1",
         **extra,
     }
     proc = subprocess.Popen(
@@ -286,9 +285,12 @@ async def propagation(url: str, docker: aiodocker.Docker, image: str, n: int = 2
     await publish_bundle(nc, subjects, host, [policy(scope, "/etc/shadow")], 1)
     first: dict[str, int] = {}
     with probe_process(url, subjects.prefix, host, scope):
-        async with containers(docker, image, scope, n, ["/usr/bin/opener", "/etc/hostname"]) as made:
+        async with containers(docker, image, scope, n, ["/bin/sleep", "3600"]) as made:
             await wait_injected(made)
-            await asyncio.sleep(1.0)  # every opener has started (under the first rules) and is polling
+            for c in made:  # started after injection, so they run with the library
+                execution = await c.exec(["/usr/bin/opener", "/etc/hostname"])
+                await execution.start(detach=True)
+            await asyncio.sleep(1.0)  # every opener is polling under the first rules
 
             everyone = asyncio.Event()
 

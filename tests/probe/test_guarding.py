@@ -185,3 +185,42 @@ async def test_musl_container_started_with_the_volume_is_filled_and_guarded(
     code, out = await run_in(c, "/usr/bin/hello")
     assert (code, out.strip()) == (0, "hello from musl")
     await c.delete(force=True, v=True)  # and its anonymous volume
+
+
+async def test_read_only_root_is_reported_not_coverable_with_the_policies_that_select_it(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    c = await container(glibc_image, host_config={"ReadonlyRootfs": True})
+    await publish_bundle([policy(scope)], revision=1)
+    sub = await nc.subscribe(subjects.status(host))
+    await start_probe()
+    mine = await status_until(sub, c.id[:12], lambda s: not s.coverable)
+    assert "read-only" in mine.reason
+    assert (mine.guarded, mine.policies) == (False, ["no-nc"])
+
+
+async def test_a_rename_into_a_name_selector_guards_the_container(
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    named = Policy(
+        name="by-name",
+        selector=Selector(containers=[f"pg-{scope}-web*"]),
+        rules=[ProcessRule(name="nc")],
+    )
+    await publish_bundle([named], revision=1)
+    await start_probe()
+    c = await container(glibc_image, name=f"pg-{scope}-db")
+    root = Path(f"/proc/{pid_of(await c.show())}/root")
+    await c.rename(f"pg-{scope}-web")
+    await eventually(lambda: (root / "etc/ld.so.preload").exists())

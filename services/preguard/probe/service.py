@@ -214,10 +214,12 @@ class Probe:
 
     def _reconcile(self, tracked: Tracked) -> None:
         """Bring one container to what the bundle says: injected with its rules, or clean."""
-        if not tracked.coverable or tracked.root is None or self.bundle is None:
+        if self.bundle is None:
             return  # without a bundle, what is in place stays (the last rules keep enforcing)
         policies = select(self.bundle.policies, self.host, tracked.info)
         tracked.policies = [p.name for p in policies]
+        if not tracked.coverable or tracked.root is None:
+            return
         root, cid = tracked.root, tracked.info.short_id
         with structlog.contextvars.bound_contextvars(container_id=cid):
             try:
