@@ -186,3 +186,33 @@ async def test_a_killed_probe_leaves_enforcement_in_place_and_a_restarted_one_re
     assert code != 0
     e = await one_event(sub)
     assert (e.target, e.policy) == ("/etc/shadow", "lockdown")
+
+
+async def test_musl_container_started_with_the_volume_is_enforced(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    musl_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    await start_probe()
+    c = await container(
+        musl_image,
+        SETUP,
+        env=["LD_PRELOAD=/.preguard/libpreguard.so"],
+        host_config={"Mounts": [{"Type": "volume", "Target": "/.preguard"}]},
+    )
+    try:
+        root = Path(f"/proc/{pid_of(await c.show())}/root")
+        await eventually(lambda: (root / ".preguard/rules.bin").exists() and (root / "etc/shadow").exists())
+        sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+        code, out = await run_in(c, "/usr/bin/hello", "/etc/shadow")
+        assert (code, out.strip()) == (1, "open /etc/shadow: denied")
+        e = await one_event(sub)
+        assert (e.kind, e.target, e.policy, e.exe) == (Kind.FILE, "/etc/shadow", "lockdown", "/usr/bin/hello")
+    finally:
+        await c.delete(force=True, v=True)
