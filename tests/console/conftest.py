@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import aiodocker
 import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
+from preguard.alert.service import AlertService
+from preguard.alert.settings import AlertSettings
 from preguard.console import ConsoleServer, serve
 from preguard.policy.service import PolicyService
 from preguard.policy.store import PolicyStore
+from preguard.probe import Probe, ProbeSettings
 from preguard.proto import Alert, ContainerStatus, Event, Kind, Outcome, ProbeStatus, Severity, Subjects
+from preguard.proto.abi import Record, encode_record
+from tests.conftest import MakeContainer
 
 TOKEN = "console-test-token"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -26,6 +38,64 @@ async def policy_service(nc: NATS, subjects: Subjects) -> AsyncIterator[PolicySe
     await service.start()
     yield service
     await service.stop()
+
+
+@pytest.fixture
+async def alert_service(nc: NATS, subjects: Subjects) -> AsyncIterator[AlertService]:
+    settings = AlertSettings(
+        window=30.0, update_interval=0.3, grace=0.5, partitions=2, lease_ttl=1.5, tick=0.05
+    )
+    service = AlertService(nc, subjects, settings.named())
+    await service.start()
+    yield service
+    await service.stop()
+
+
+class Guarded:
+    """A real container on the local Docker engine, and a real probe that sees only it (by label)."""
+
+    def __init__(self, probe: Probe, container: Any, name: str, pid: int) -> None:
+        self.probe, self.container, self.name, self.pid = probe, container, name, pid
+
+    async def blocked_read(self, target: str, revision: int, rule: int) -> None:
+        """One blocked read as the hook reports it: a record in the container's event pipe.
+
+        Written from the host through the container's root, the way a process inside writes it;
+        the probe reads, validates and attributes it like any other.
+        """
+        pipe = Path(f"/proc/{self.pid}/root/.preguard/events")
+        deadline = time.monotonic() + 10
+        while not await asyncio.to_thread(
+            pipe.exists
+        ):  # the probe injects asynchronously: poll Docker-side state
+            assert time.monotonic() < deadline, "the probe never made the event pipe"
+            await asyncio.sleep(0.05)
+        record = Record(
+            version=1, time_ns=time.time_ns(), pid=4242, uid=0, kind=Kind.FILE, action=Outcome.BLOCKED,
+            access="read", rule_id=rule, revision=revision, exe="/bin/cat", target=target, truncated=False,
+        )  # fmt: skip
+        fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, encode_record(record))
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture
+async def guarded(
+    nc: NATS, docker: aiodocker.Docker, subjects: Subjects, make_container: MakeContainer, glibc_image: str
+) -> AsyncIterator[Guarded]:
+    scope = uuid.uuid4().hex[:8]
+    settings = ProbeSettings(
+        host=f"h{scope}", scope=f"preguard.test={scope}", status_interval=0.5, tamper_interval=0.5
+    )
+    name = f"preguard-test-{scope}"
+    container = await make_container(glibc_image, name=name, labels={"preguard.test": scope})
+    info = await container.show()
+    probe = Probe(nc, docker, subjects, settings)
+    await probe.start()
+    yield Guarded(probe, container, name, int(info["State"]["Pid"]))
+    await probe.stop()
 
 
 @pytest.fixture

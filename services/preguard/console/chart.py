@@ -44,11 +44,9 @@ def severity_chart(slices: list[dict[Severity, int]], totals: dict[Severity, int
                 f'x="{x:.1f}" y="{y:.1f}" width="{slot - 4:.1f}" height="{h:.1f}">'
                 f"<title>{n} {sev.value}</title></rect>"
             )
-    minutes = 60
-    for i in (0, len(slices) // 2, len(slices)):
-        x = _LEFT + i * slot
-        label = "now" if i == len(slices) else f"-{minutes - i * minutes // max(len(slices), 1)}m"
-        parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 6}" text-anchor="middle">{label}</text>')
+    ticks = ((_LEFT, "-60m", "start"), ((_LEFT + WIDTH) / 2, "-30m", "middle"), (WIDTH, "now", "end"))
+    for x, label, anchor in ticks:
+        parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}">{label}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

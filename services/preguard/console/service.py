@@ -82,7 +82,7 @@ class ConsoleServer:
             # Nobody configured a token: this log line is how the operator learns the one we made.
             log.warning("console_token_generated", token=self.token, url=self.url)
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (STYLE.md's stop())
+    async def stop(self, timeout: float = 5.0) -> None:
         self.console.close_streams()
         async with asyncio.timeout(timeout):  # sub.drain() alone waits forever on a stuck handler
             for sub in self._subs:
