@@ -50,17 +50,24 @@ def client_id() -> str:
 
 
 async def _connect(settings: Settings) -> NATS:
+    async def quiet(exc: Exception) -> None:
+        pass  # the one sentence below says it; nats-py would print a traceback per attempt
+
     try:
-        return await nats.connect(
-            settings.nats_url,
-            name=client_id(),
-            user_credentials=settings.creds,
-            connect_timeout=3,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
-        )
+        # max_reconnect_attempts=1, not 0: nats-py 2.x retries an initial connect forever with 0.
+        async with asyncio.timeout(8):
+            return await nats.connect(
+                settings.nats_url,
+                name=client_id(),
+                user_credentials=settings.creds,
+                connect_timeout=3,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                error_cb=quiet,
+            )
     except Exception as exc:  # nats raises several unrelated types for an unreachable server
-        raise CommandError(f"cannot reach NATS at {settings.nats_url}: {exc or type(exc).__name__}") from None
+        reason = str(exc) or type(exc).__name__
+        raise CommandError(f"cannot reach NATS at {settings.nats_url}: {reason}") from None
 
 
 async def request(nc: NATS, subject: str, payload: bytes, wait: float = 5.0) -> bytes:
