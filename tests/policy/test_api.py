@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 from nats.aio.client import Client as NATS
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from preguard.policy.service import CLIENT_HEADER, EXPECTED_HEADER, REVISION_HEADER, PolicyService
 from preguard.proto import (
@@ -205,3 +207,18 @@ async def test_a_policy_that_would_overflow_a_hosts_bundle_is_refused(
     assert (await api.refused("put", third)).error == "bundle too large"
     elsewhere = Policy(name="big-3", rules=rules, selector=Selector(hosts=["other-*"]))
     assert (await api.call("put", elsewhere, Stored)).ok  # reaches no host that carries the others
+
+
+async def test_each_handled_request_logs_one_line_with_its_keys(
+    api: Api, policy_service: PolicyService
+) -> None:
+    with capture_logs(processors=[merge_contextvars]) as logs:  # as configure_logging() binds them
+        stored = await api.call("put", policy("web"), Stored, {CLIENT_HEADER: "ci"})
+        await api.refused("delete", NameRequest(name="nope"))
+    events = [
+        (e["event"], e.get("verb"), e.get("client"))
+        for e in logs
+        if e["event"].startswith(("policy_", "request_"))
+    ]
+    assert events == [("policy_stored", "put", "ci"), ("request_refused", "delete", "anonymous")]
+    assert next(e for e in logs if e["event"] == "policy_stored")["revision"] == stored.revision

@@ -39,8 +39,8 @@ log = structlog.get_logger()
 
 CLIENT_HEADER = "Preguard-Client"  # who is asking, for history; "anonymous" without it
 EXPECTED_HEADER = "Preguard-Expected-Revision"  # put/delete only if the policy is at this revision
-REVISION_HEADER = "Preguard-Revision"  # on get replies: the policy's current global revision
-VERBS = ("put", "delete", "get", "list", "validate", "history", "preview")
+REVISION_HEADER = "Preguard-Revision"  # on get and list replies: the global revision they reflect
+VERSION_HEADER = "Preguard-Version"  # on get replies: the policy's own version
 MAX_SMALL_REQUEST = 4096  # every request but put, validate and preview carries a name at most
 MAX_CLIENT = 128
 CONCURRENCY = 32  # requests in progress per verb; puts to one policy still queue on its name
@@ -229,7 +229,7 @@ class PolicyService:
             raise Refusal("no such policy", "$.name", f"no policy named {name!r}") from None
         assert stored.policy is not None
         log.info("policy_read", policy=name, revision=stored.revision)
-        return stored.policy, {REVISION_HEADER: str(stored.revision), "Preguard-Version": str(stored.version)}
+        return stored.policy, {REVISION_HEADER: str(stored.revision), VERSION_HEADER: str(stored.version)}
 
     async def _list(self, msg: Msg) -> Reply:
         await self._synced()
