@@ -136,3 +136,14 @@ async def test_a_deleted_bundle_stream_is_made_again_and_refilled(
                 await asyncio.sleep(0.05)
     bundle = await next_bundle(await hosts.subscribe("h1"), stored.revision)
     assert [p.name for p in bundle.policies] == ["web"]
+
+
+async def test_every_one_of_many_hosts_gets_each_change(
+    hosts: Hosts, api: Api, policy_service: PolicyService
+) -> None:
+    subs = {f"h{i:02d}": await hosts.join(f"h{i:02d}") for i in range(40)}
+    stored = await api.call("put", policy("odd", hosts=["h?[13579]"]), Stored)
+    for host, sub in subs.items():
+        bundle = await next_bundle(sub, stored.revision)
+        assert bundle.revision == stored.revision
+        assert [p.name for p in bundle.policies] == (["odd"] if int(host[1:]) % 2 else [])

@@ -24,6 +24,7 @@ from preguard.proto import Policy, PolicyBundle, Subjects, encode
 
 log = structlog.get_logger()
 
+BATCH = 16  # hosts published at once
 _ENVELOPE = 1024  # room for the bundle's own fields and headers under max_payload
 _bundle = msgspec.json.Decoder(PolicyBundle)
 
@@ -64,6 +65,7 @@ class Publisher:
         self._stream = subjects.stream_bundles()
         self._retained: dict[str, _Retained | None] = {}  # by host; None: not read yet
         self._dirty: set[str] = set()
+        self._new: dict[str, None] = {}  # hosts seen for the first time go first, in arrival order
         self._wake = asyncio.Event()
 
     @property
@@ -75,6 +77,7 @@ class Publisher:
         if host not in self._retained:
             self._retained[host] = None
             self._dirty.add(host)
+            self._new[host] = None
             self._wake.set()
 
     def changed(self) -> None:
@@ -103,19 +106,38 @@ class Publisher:
                 continue  # never from a half-read store: its revision would lie
             revision, policies, now = self._store.revision, self._store.policies(), datetime.now(UTC)
             while self._dirty and self._store.revision == revision:
-                host = self._dirty.pop()
-                try:
-                    await self._publish(host, revision, policies, now)
-                except (nats.errors.Error, TimeoutError) as exc:
-                    log.warning("bundle_publish_failed", host=host, revision=revision, error=repr(exc))
-                    self._dirty.add(host)
-                    await asyncio.sleep(0.5)  # NATS away: retry, without spinning
-                    if isinstance(exc, js_errors.NoStreamResponseError):  # the stream was deleted
-                        await self._recreate()
-                    self._wake.set()
+                batch = self._next_batch()
+                results = await asyncio.gather(
+                    *(self._publish(h, revision, policies, now) for h in batch), return_exceptions=True
+                )
+                failed = [(h, r) for h, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
+                if failed:
+                    await self._failed(failed, revision)
                     break
             if self._dirty:
                 self._wake.set()
+
+    def _next_batch(self) -> list[str]:
+        """Up to BATCH hosts (distinct subjects, so publishing them together keeps each in order)."""
+        new = list(self._new)[:BATCH]
+        for host in new:
+            del self._new[host]
+        batch = [h for h in new if h in self._dirty]
+        self._dirty.difference_update(batch)
+        while len(batch) < BATCH and self._dirty:
+            batch.append(self._dirty.pop())
+        return batch
+
+    async def _failed(self, failed: list[tuple[str, BaseException]], revision: int) -> None:
+        for host, exc in failed:
+            if not isinstance(exc, nats.errors.Error | TimeoutError):
+                raise exc  # a bug: let the service's TaskGroup report it
+            log.warning("bundle_publish_failed", host=host, revision=revision, error=repr(exc))
+            self._dirty.add(host)
+        await asyncio.sleep(0.5)  # NATS away: retry, without spinning
+        if any(isinstance(exc, js_errors.NoStreamResponseError) for _, exc in failed):
+            await self._recreate()  # the stream was deleted
+        self._wake.set()
 
     async def _publish(self, host: str, revision: int, policies: Mapping[str, Policy], now: datetime) -> None:
         subject = self._subjects.policy(host)
