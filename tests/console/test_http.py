@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import html
+import re
 
 import aiohttp
 from nats.aio.client import Client as NATS
 
 from preguard.console import ConsoleServer
 from preguard.policy.service import PolicyService
-from preguard.proto import PolicyList, Severity, Subjects, decode, encode
+from preguard.proto import Policy, PolicyList, Severity, Subjects, decode, decode_policy, encode
 from tests.console.conftest import TOKEN, Client, alert, container, heartbeat
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -226,3 +227,35 @@ async def test_overview_chart_counts_alerts_of_the_last_hour_by_severity(
     assert 'data-total="high">3<' in page
     assert '<svg xmlns="http://www.w3.org/2000/svg" class="chart"' in page
     assert 'data-severity="high" data-count="3"' in page
+
+
+async def test_save_over_a_change_made_meanwhile_is_refused_as_a_conflict(
+    client: Client, policy_service: PolicyService, nc: NATS, subjects: Subjects
+) -> None:
+    await client.sign_in()
+    await client.post("/policies/edit", {"text": POLICY, "fmt": "yaml", "action": "save"})
+    _, page = await client.get("/policies/lock/edit")
+    expected = re.search(r'name="expected" value="(\d+)"', page)
+    assert expected is not None
+    someone_else = POLICY.replace("severity: high", "severity: low")
+    await nc.request(subjects.api_policy("put"), encode(decode_policy(someone_else, "yaml")), timeout=3)
+    mine = POLICY.replace("severity: high", "severity: critical")
+    form = {"text": mine, "fmt": "yaml", "action": "save", "original": "lock", "expected": expected[1]}
+    async with client.session.post(client.base + "/policies/edit", data={**form, "csrf": client.csrf}) as r:
+        assert r.status == 409
+        assert "changed (or created) by someone else" in await r.text()
+    reply = await nc.request(subjects.api_policy("get"), b'{"name": "lock"}', timeout=3)
+    assert decode(reply.data, Policy).severity == Severity.LOW  # their change stands
+
+
+async def test_new_policy_never_overwrites_one_of_the_same_name(
+    client: Client, policy_service: PolicyService
+) -> None:
+    await client.sign_in()
+    await client.post("/policies/edit", {"text": POLICY, "fmt": "yaml", "action": "save"})
+    _, page = await client.get("/policies/new")
+    assert 'name="expected" value="0"' in page
+    response = await client.post(
+        "/policies/edit", {"text": POLICY, "fmt": "yaml", "action": "save", "expected": "0"}
+    )
+    assert response.status == 409

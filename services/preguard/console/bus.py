@@ -6,6 +6,7 @@ from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from preguard.proto import (
@@ -25,6 +26,8 @@ from preguard.proto.api import PolicyHistory, PolicyPreview, Validated
 
 T = TypeVar("T")
 CLIENT_HEADER = "Preguard-Client"
+EXPECTED_HEADER = "Preguard-Expected-Revision"  # put/delete only if the policy is at this revision
+REVISION_HEADER = "Preguard-Revision"  # on get replies: the policy's current global revision
 
 
 class Unavailable(Exception):
@@ -40,6 +43,10 @@ class RefusedError(Exception):
     def details(self) -> list[FieldError]:
         return self.refused.details
 
+    @property
+    def conflict(self) -> bool:
+        return self.refused.error == "conflict"
+
 
 class Bus:
     """Request/reply over NATS; every reply is decoded into the proto type, or raises."""
@@ -51,13 +58,21 @@ class Bus:
         return (await self._policy("list", b"{}", PolicyList)).policies
 
     async def get_policy(self, name: str) -> Policy:
-        return await self._policy("get", encode(NameRequest(name=name)), Policy)
+        return (await self.read_policy(name))[0]
+
+    async def read_policy(self, name: str) -> tuple[Policy, int]:
+        """The policy and the global revision it is at, for a later put with `expected`."""
+        msg = await self._request(self._subjects.api_policy("get"), encode(NameRequest(name=name)), "policy")
+        revision = (msg.headers or {}).get(REVISION_HEADER, "")
+        return _decode(msg.data, Policy), int(revision) if revision.isdigit() else -1
 
     async def history(self, name: str) -> PolicyHistory:
         return await self._policy("history", encode(NameRequest(name=name)), PolicyHistory)
 
-    async def put(self, policy: Policy, who: str = "") -> Stored:
-        return await self._policy("put", encode(policy), Stored, who)
+    async def put(self, policy: Policy, who: str = "", expected: int | None = None) -> Stored:
+        """Store the policy; with `expected`, only if it is still at that revision (0: must be new)."""
+        headers = {EXPECTED_HEADER: str(expected)} if expected is not None and expected >= 0 else {}
+        return await self._policy("put", encode(policy), Stored, who, headers)
 
     async def delete(self, name: str, who: str = "") -> Stored:
         return await self._policy("delete", encode(NameRequest(name=name)), Stored, who)
@@ -70,24 +85,27 @@ class Bus:
 
     async def alerts(self, query: AlertQuery) -> AlertList:
         reply = await self._request(self._subjects.api_alerts("query"), encode(query), "alert")
-        return _decode(reply, AlertList)
+        return _decode(reply.data, AlertList)
 
-    async def _policy(self, verb: str, payload: bytes, tp: type[T], who: str = "") -> T:
-        reply = await self._request(self._subjects.api_policy(verb), payload, "policy", who)
-        return _decode(reply, tp)
+    async def _policy(
+        self, verb: str, payload: bytes, tp: type[T], who: str = "", headers: dict[str, str] | None = None
+    ) -> T:
+        reply = await self._request(self._subjects.api_policy(verb), payload, "policy", who, headers)
+        return _decode(reply.data, tp)
 
-    async def _request(self, subject: str, payload: bytes, service: str, who: str = "") -> bytes:
+    async def _request(
+        self, subject: str, payload: bytes, service: str, who: str = "", headers: dict[str, str] | None = None
+    ) -> Msg:
         client = f"{self._client}:{who}" if who else self._client
         try:
             msg = await self._nc.request(
-                subject, payload, timeout=self._timeout, headers={CLIENT_HEADER: client}
+                subject, payload, timeout=self._timeout, headers={CLIENT_HEADER: client, **(headers or {})}
             )
         except NoRespondersError:
             raise Unavailable(f"no {service} service is answering on {subject}") from None
         except TimeoutError:  # nats.errors.TimeoutError subclasses the builtin one
             raise Unavailable(f"the {service} service did not answer on {subject} in time") from None
-        data: bytes = msg.data
-        return data
+        return msg
 
 
 class _Ok(msgspec.Struct):

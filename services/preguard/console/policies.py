@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import structlog
@@ -24,6 +25,12 @@ selector:
 rules:
   - {kind: process, path: /bin/sh, action: audit}
 """
+
+
+CONFLICT = (
+    "conflict: this policy was changed (or created) by someone else since this page was opened. "
+    "Your text is kept here: open the policy again in another tab, merge, and save."
+)
 
 
 def routes(app: web.Application) -> None:
@@ -85,6 +92,7 @@ def _editor(
     fmt: Format,
     *,
     original: str = "",
+    expected: int = -1,
     errors: list[PlacedError] | None = None,
     message: str = "",
     preview: Any = None,
@@ -102,6 +110,7 @@ def _editor(
         text=text,
         fmt=fmt,
         original=original,
+        expected=expected,
         errors=errors,
         lines=list(enumerate(text.splitlines(), start=1)),
         by_line=by_line,
@@ -112,17 +121,17 @@ def _editor(
 
 
 async def new_page(request: web.Request) -> web.StreamResponse:
-    return _editor(request, TEMPLATE, "yaml")
+    return _editor(request, TEMPLATE, "yaml", expected=0)  # a new policy must not overwrite one
 
 
 async def edit_page(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     fmt: Format = "json" if request.query.get("fmt") == "json" else "yaml"
     try:
-        policy = await request.app[CONSOLE].bus.get_policy(name)
+        policy, revision = await request.app[CONSOLE].bus.read_policy(name)
     except RefusedError:
         return render(request, "missing.html", status=404, title="No such policy", what="policy")
-    return _editor(request, to_text(policy, fmt), fmt, original=name)
+    return _editor(request, to_text(policy, fmt), fmt, original=name, expected=revision)
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
@@ -132,27 +141,33 @@ async def submit(request: web.Request) -> web.StreamResponse:
     fmt: Format = "json" if form.get("fmt") == "json" else "yaml"
     original = str(form.get("original", ""))
     action = str(form.get("action", "validate"))
+    raw_expected = str(form.get("expected", ""))
+    expected = int(raw_expected) if raw_expected.isdigit() else -1
+    editor = functools.partial(_editor, request, text, fmt, original=original, expected=expected)
     policy, errors = parse(text, fmt)
     if policy is None:
         log.info("policy_draft_refused", errors=len(errors))
-        return _editor(request, text, fmt, original=original, errors=errors, status=422)
+        return editor(errors=errors, status=422)
     bus = request.app[CONSOLE].bus
     who = request.remote or ""
     try:
         if action == "save":
-            stored = await bus.put(policy, who=who)
+            # Renamed in the editor: the new name must be new. Otherwise: still at the revision we
+            # showed, so a change someone saved meanwhile is never silently overwritten.
+            stored = await bus.put(
+                policy, who=who, expected=0 if original and policy.name != original else expected
+            )
             log.info("policy_saved", policy=stored.name, revision=stored.revision)
             raise web.HTTPSeeOther(f"/policies/{stored.name}?saved={stored.revision}")
         if action == "preview":
-            preview = await bus.preview(policy)
-            return _editor(request, text, fmt, original=original, preview=preview)
+            return editor(preview=await bus.preview(policy))
         await bus.validate(policy)
-        return _editor(request, text, fmt, original=original, message=f"{policy.name} is valid")
+        return editor(message=f"{policy.name} is valid")
     except RefusedError as exc:
-        errors = place(text, exc.details) if exc.details else []
-        return _editor(request, text, fmt, original=original, errors=errors, message=str(exc), status=422)
+        message = CONFLICT if exc.conflict else str(exc)
+        return editor(errors=place(text, exc.details), message=message, status=409 if exc.conflict else 422)
     except Unavailable as exc:
-        return _editor(request, text, fmt, original=original, message=str(exc), status=503)
+        return editor(message=str(exc), status=503)
 
 
 async def history_page(request: web.Request) -> web.StreamResponse:

@@ -12,7 +12,7 @@ SESSION_COOKIE = "preguard_session"
 CSRF_FIELD = "csrf"  # form field
 CSRF_HEADER = "X-CSRF-Token"  # or this header, for script requests
 SESSION_SECONDS = 12 * 3600
-MAX_SESSIONS = 10_000  # a flood of anonymous sign-in pages cannot grow memory without bound
+MAX_SESSIONS = 10_000  # sessions kept at most, so a flood of sign-in pages cannot grow memory
 
 # No inline script or style anywhere: every script and stylesheet is a file under /static/.
 CONTENT_SECURITY_POLICY = (
@@ -79,8 +79,13 @@ class Sessions:
         now = time.monotonic()
         for sid in [s for s, v in self._sessions.items() if v.expires < now]:
             del self._sessions[sid]
-        while len(self._sessions) >= MAX_SESSIONS:  # oldest first: dicts keep insertion order
-            self._sessions.pop(next(iter(self._sessions)))
+        if len(self._sessions) < MAX_SESSIONS:
+            return
+        # Full: anonymous ones (sign-in pages anybody can open) go first, oldest first, so a
+        # flood of them cannot sign out the operators.
+        anonymous = [s for s, v in self._sessions.items() if not v.signed_in]
+        for sid in anonymous[: len(self._sessions) - MAX_SESSIONS + 1] or [next(iter(self._sessions))]:
+            del self._sessions[sid]
 
 
 def csrf_ok(session: Session | None, given: str | None) -> bool:
