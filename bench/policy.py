@@ -119,6 +119,28 @@ async def _latency(nc: NATS, subjects: Subjects, stored: int) -> tuple[list[floa
     return samples, data
 
 
+async def _first_heartbeat(nc: NATS, subjects: Subjects, count: int = 50) -> list[float]:
+    """Milliseconds from a new host's first heartbeat to its consumer holding its bundle."""
+    revisions = msgspec.json.Decoder(_Revision)
+    samples = []
+    for n in range(count):
+        host = f"new-{n}"
+        sub = await nc.jetstream().subscribe(
+            subjects.policy(host),
+            stream=subjects.stream_bundles(),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        t0 = time.perf_counter()
+        await nc.publish(
+            subjects.status(host), encode(ProbeStatus(host=host, time=datetime.now(UTC), interval=1.0))
+        )
+        revisions.decode((await sub.next_msg(timeout=10)).data)
+        samples.append((time.perf_counter() - t0) * 1000)
+        await sub.unsubscribe()
+    return samples
+
+
 def _decoding(data: bytes) -> Figure:
     """What a probe then pays to read a bundle of 1,000 policies (not part of the latency above)."""
     decoder = msgspec.json.Decoder(PolicyBundle)
@@ -201,6 +223,17 @@ async def _run(url: str) -> list[Figure]:
                             f"{IN_FLIGHT} in flight, one instance",
                         )
                     )
+                joins = await _first_heartbeat(nc, subjects)
+                figures.append(
+                    Figure(
+                        "policy: first heartbeat -> bundle p99, 1000 stored",
+                        _percentile(joins, 0.99),
+                        "ms",
+                        "<= 1000 ms",
+                        _percentile(joins, 0.99) <= 1000,
+                        f"{len(joins)} new hosts, one after another",
+                    )
+                )
     finally:
         for proc in procs:
             proc.terminate()
