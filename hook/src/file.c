@@ -2,10 +2,12 @@
  * variants, creat, fopen/freopen, truncate, rename, link, symlink, unlink, rmdir, mkdir, chmod. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -414,4 +416,72 @@ HOOK_EXPORT int fchdir(int fd)
     int rc = REAL(fchdir)(fd);
     hook_cwd_changed();
     return rc;
+}
+
+/* -- descriptors: closing or replacing a number drops what the directory cache knows about it ------ */
+HOOK_EXPORT int close(int fd)
+{
+    hook_fd_closed(fd);
+    return REAL(close)(fd);
+}
+
+HOOK_EXPORT int dup2(int old, int fd)
+{
+    hook_fd_closed(fd);
+    return REAL(dup2)(old, fd);
+}
+
+HOOK_EXPORT int dup3(int old, int fd, int flags)
+{
+    hook_fd_closed(fd);
+    return REAL(dup3)(old, fd, flags);
+}
+
+/* closedir and fclose close with libc's internal close, which no preload sees */
+HOOK_EXPORT int closedir(DIR *dir)
+{
+    hook_fd_closed(dirfd(dir)); /* closedir(NULL) crashes in libc as it would without us */
+    return REAL(closedir)(dir);
+}
+
+HOOK_EXPORT int fclose(FILE *stream)
+{
+    if (stream)
+        hook_fd_closed(fileno(stream));
+    return REAL(fclose)(stream);
+}
+
+#ifndef PREGUARD_MUSL
+int close_range(unsigned int lo, unsigned int hi, int flags);
+HOOK_EXPORT int close_range(unsigned int lo, unsigned int hi, int flags)
+{
+    hook_fds_closed(lo, hi);
+    if (!REAL(close_range))
+        return (int)hook_sys(SYS_close_range, lo, hi, flags, 0, 0, 0);
+    return real_close_range(lo, hi, flags);
+}
+
+void closefrom(int lo);
+HOOK_EXPORT void closefrom(int lo)
+{
+    hook_fds_closed(lo < 0 ? 0 : (unsigned)lo, ~0u);
+    if (!REAL(closefrom)) {
+        hook_sys(SYS_close_range, lo, ~0u, 0, 0, 0, 0);
+        return;
+    }
+    real_closefrom(lo);
+}
+#endif
+
+/* Resolve every real_* of this family at start-up: close may be called from a signal handler, where
+ * dlsym must not run. */
+void hook_resolve_file(void)
+{
+#undef HOOK_FILE
+#undef HOOK_EXEC
+#undef HOOK_NET
+#define HOOK_FILE(ret, name, params) (void)REAL(name);
+#define HOOK_EXEC(ret, name, params)
+#define HOOK_NET(ret, name, params)
+#include "hooks.def"
 }

@@ -95,8 +95,49 @@ static int get_cwd(char *out)
     return (int)len;
 }
 
+/* -- directory descriptors: their paths cached per descriptor number --------------------------------
+ * An entry holds while nothing closed or replaced that number (every close, dup2, dup3, close_range,
+ * closefrom, closedir and fclose bumps the slot's epoch, lock-free, safe in signal handlers) and no
+ * rename or removal moved the directory (the fs generation). */
+#define FD_SLOTS 256
+#define FD_LEN 232
+static struct {
+    uint32_t seq;
+    int fd;
+    uint64_t epoch; /* bumped on every close of a number in this slot */
+    uint64_t epoch_at, generation;
+    uint16_t len;
+    char path[FD_LEN];
+} fds[FD_SLOTS];
+
+void hook_fd_closed(int fd)
+{
+    if (fd >= 0)
+        __atomic_fetch_add(&fds[(unsigned)fd % FD_SLOTS].epoch, 1, __ATOMIC_ACQ_REL);
+}
+
+void hook_fds_closed(unsigned lo, unsigned hi)
+{
+    for (unsigned i = 0; i < FD_SLOTS && lo + i <= hi && lo + i >= lo; i++)
+        __atomic_fetch_add(&fds[(lo + i) % FD_SLOTS].epoch, 1, __ATOMIC_ACQ_REL);
+}
+
 static int fd_path(int fd, char *out)
 {
+    if (fd < 0)
+        return -EBADF;
+    uint64_t generation = hook_fs_generation();
+    __typeof__(fds[0]) *s = &fds[(unsigned)fd % FD_SLOTS];
+    uint64_t epoch = __atomic_load_n(&s->epoch, __ATOMIC_ACQUIRE);
+    uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+    if (!(seq & 1) && s->fd == fd && s->epoch_at == epoch && s->generation == generation && s->len) {
+        size_t len = s->len < FD_LEN ? s->len : 0;
+        memcpy(out, s->path, len);
+        out[len] = 0;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (len && __atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq)
+            return (int)len;
+    }
     char link[32] = "/proc/self/fd/";
     char digits[12];
     int n = 0;
@@ -115,6 +156,16 @@ static int fd_path(int fd, char *out)
     out[len] = 0;
     if (out[0] != '/')
         return -ENOTDIR; /* a pipe or socket: not a directory */
+    seq = __atomic_load_n(&s->seq, __ATOMIC_RELAXED);
+    if (len < FD_LEN && !(seq & 1) &&
+        __atomic_compare_exchange_n(&s->seq, &seq, seq + 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        s->fd = fd;
+        s->epoch_at = epoch; /* read before the readlink: a close since then invalidates */
+        s->generation = generation;
+        s->len = (uint16_t)len;
+        memcpy(s->path, out, (size_t)len);
+        __atomic_store_n(&s->seq, seq + 2, __ATOMIC_RELEASE);
+    }
     return (int)len;
 }
 

@@ -67,6 +67,17 @@ def test_dirfd_spellings_are_judged(blocked: Guard, calls: Path, secret: Path) -
     assert blocked.run([calls, "openat", d, "public", ""]).stdout == "ok\n"
 
 
+@pytest.mark.parametrize("closing", ["close", "closedir"])
+def test_a_reused_directory_descriptor_is_not_taken_for_the_old_directory(
+    blocked: Guard, calls: Path, secret: Path, tmp_path: Path, closing: str
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "secret").write_text("fine")
+    argv = [calls, "dirswap", other, secret.parent, "secret"] + (["dir"] if closing == "closedir" else [])
+    assert blocked.run(argv).stdout == "ok same err\n"
+
+
 def test_symlinks_to_the_file_or_its_directory_do_not_get_around_a_rule(
     blocked: Guard, calls: Path, secret: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
  * flags known only at run time go through __open_2 and friends. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -138,6 +139,27 @@ int main(int argc, char **argv)
         if (f && f != stdin)
             fclose(f);
         return report(f ? 0 : -1);
+    }
+    /* dirswap A B NAME [closedir]: openat NAME below A, close A, open B (same number), openat NAME
+     * below B; prints both results */
+    if (!strcmp(c, "dirswap")) {
+        const char *name = argv[4];
+        int use_dir = argc > 5;
+        DIR *da = use_dir ? opendir(a) : NULL;
+        int fa = use_dir ? dirfd(da) : open(a, O_RDONLY | O_DIRECTORY);
+        int r1 = openat(fa, name, O_RDONLY);
+        printf("%s ", r1 >= 0 ? "ok" : "err");
+        if (r1 >= 0)
+            close(r1);
+        if (use_dir)
+            closedir(da);
+        else
+            close(fa);
+        DIR *db = use_dir ? opendir(b) : NULL;
+        int fb = use_dir ? dirfd(db) : open(b, O_RDONLY | O_DIRECTORY);
+        int r2 = openat(fb, name, O_RDONLY);
+        printf("%s %s\n", fb == fa ? "same" : "other", r2 >= 0 ? "ok" : "err");
+        return 0;
     }
     /* path operations */
     if (!strcmp(c, "truncate"))
