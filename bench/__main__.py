@@ -8,7 +8,7 @@ import traceback
 
 from bench import Figure
 
-MODULES = ["hook", "probe", "policy", "alert"]
+MODULES = ["hook", "probe", "policy", "alert", "console"]
 
 
 def main(argv: list[str]) -> int:
