@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from preguard.policy.service import CLIENT_HEADER, EXPECTED_HEADER, REVISION_HEADER, PolicyService
 from preguard.proto import (
+    AnyRule,
     ContainerStatus,
     FileRule,
     NameRequest,
@@ -197,7 +198,7 @@ async def test_a_policy_that_would_overflow_a_hosts_bundle_is_refused(
     await sub.next_msg(timeout=5)
     await sub.unsubscribe()
     share = nc.max_payload * 2 // 5  # three of these cannot travel in one bundle
-    rules = [FileRule(path="/" + "x" * 3999) for _ in range(share // 4030)]
+    rules: list[AnyRule] = [FileRule(path="/" + "x" * 3999) for _ in range(share // 4030)]
     await api.call("put", Policy(name="big-1", rules=rules), Stored)
     await api.call("put", Policy(name="big-2", rules=rules), Stored)
     third = Policy(name="big-3", rules=rules)

@@ -10,7 +10,7 @@ from nats.js.api import DeliverPolicy
 
 from preguard.policy.service import PolicyService
 from preguard.policy.store import PolicyStore
-from preguard.proto import FileRule, NameRequest, Policy, Selector, Stored, encode
+from preguard.proto import FileRule, NameRequest, Policy, PolicyBundle, Selector, Stored, encode
 from tests.policy.conftest import Api, Hosts, next_bundle, status
 
 
@@ -74,7 +74,7 @@ async def test_bundles_arrive_in_revision_order_and_end_at_the_last_write(
     sub = await hosts.join("h1")
     replies = await asyncio.gather(*(api.call("put", policy(f"p{i % 7}"), Stored) for i in range(60)))
     last = max(r.revision for r in replies)
-    seen = []
+    seen: list[PolicyBundle] = []
     while not seen or seen[-1].revision < last:
         seen.append(await next_bundle(sub))
     revisions = [b.revision for b in seen]
@@ -93,7 +93,7 @@ async def test_two_instances_publish_each_revision_once_in_order(
     try:
         sub = await hosts.join("shared")
         replies = [await api.call("put", policy(f"p{i}"), Stored) for i in range(20)]
-        seen = []
+        seen: list[PolicyBundle] = []
         while not seen or seen[-1].revision < replies[-1].revision:
             seen.append(await next_bundle(sub))
         revisions = [b.revision for b in seen]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
+
 from preguard.policy.service import PolicyService
-from preguard.proto import FileRule, Policy, PolicyList, Selector, Stored
+from preguard.policy.store import PolicyStore
+from preguard.proto import FileRule, Policy, PolicyList, Selector, Stored, Subjects
 from tests.policy.conftest import Api, Hosts, next_bundle
 
 COUNT = 1000
@@ -38,3 +41,19 @@ async def test_a_thousand_policies_list_and_distribute_correctly(
         bundle = await next_bundle(sub, last)
         assert bundle.revision == last
         assert [p.name for p in bundle.policies] == expected[host]
+
+
+async def test_a_second_instance_loads_a_thousand_policies_at_start(
+    nats_url: str, subjects: Subjects, api: Api, policy_service: PolicyService
+) -> None:
+    for start in range(0, COUNT, 100):
+        await asyncio.gather(*(api.call("put", policy(i), Stored) for i in range(start, start + 100)))
+    other_nc = await nats.connect(nats_url)
+    try:
+        store = await PolicyStore.open(other_nc.jetstream(), subjects.kv_policies())
+        other = PolicyService(other_nc, store, subjects)
+        await other.start()  # returns once loaded
+        assert store.policies() == {p.name: p for p in map(policy, range(COUNT))}
+        await other.stop()
+    finally:
+        await other_nc.drain()
