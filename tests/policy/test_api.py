@@ -223,3 +223,15 @@ async def test_each_handled_request_logs_one_line_with_its_keys(
     ]
     assert events == [("policy_stored", "put", "ci"), ("request_refused", "delete", "anonymous")]
     assert next(e for e in logs if e["event"] == "policy_stored")["revision"] == stored.revision
+
+
+async def test_putting_an_identical_policy_again_changes_nothing(
+    api: Api, policy_service: PolicyService
+) -> None:
+    first = await api.call("put", policy("web"), Stored)
+    again = await api.call("put", policy("web"), Stored, {CLIENT_HEADER: "ci-rerun"})
+    assert (again.revision, again.version) == (first.revision, first.version)
+    history = await api.call("history", NameRequest(name="web"), PolicyHistory)
+    assert [r.client for r in history.revisions] == ["anonymous"]
+    changed = await api.call("put", policy("web", description="now different"), Stored)
+    assert changed.version == 2

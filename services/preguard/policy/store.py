@@ -70,6 +70,8 @@ class PolicyStore:
             kv = await js.key_value(bucket)
         except js_errors.BucketNotFoundError:
             kv = await js.create_key_value(bucket=bucket, history=HISTORY, replicas=replicas)
+        if (kept := (await kv.status()).history) < HISTORY:  # made by someone else: say what it costs
+            log.warning("policy_bucket_history_short", bucket=bucket, history=kept)
         return cls(js, kv, bucket)
 
     # -- the view -------------------------------------------------------------------------------
@@ -207,6 +209,8 @@ class PolicyStore:
                 raise NotFound(name)
             if expected is not None and (seq if live else 0) != expected:
                 raise Conflict(name, seq if live else 0, expected)
+            if live and policy is not None and stored is not None and stored.policy == policy:
+                return stored  # unchanged: no new revision, no bundle churn; applying twice is a no-op
             change = PolicyRevision(
                 name=name,
                 revision=0,  # the stream sequence, known once written
