@@ -235,3 +235,15 @@ async def test_putting_an_identical_policy_again_changes_nothing(
     assert [r.client for r in history.revisions] == ["anonymous"]
     changed = await api.call("put", policy("web", description="now different"), Stored)
     assert changed.version == 2
+
+
+async def test_a_history_too_large_for_one_reply_leaves_out_the_oldest_bodies(
+    nc: NATS, api: Api, policy_service: PolicyService
+) -> None:
+    rules: list[AnyRule] = [FileRule(path="/" + "x" * 3999) for _ in range(nc.max_payload * 2 // 5 // 4030)]
+    for n in range(3):  # three versions of a big policy cannot travel in one message
+        await api.call("put", Policy(name="big", description=str(n), rules=rules), Stored)
+    history = await api.call("history", NameRequest(name="big"), PolicyHistory)
+    assert [r.version for r in history.revisions] == [1, 2, 3]
+    assert [r.policy is not None for r in history.revisions] == [False, True, True]
+    assert history.revisions[-1].policy == Policy(name="big", description="2", rules=rules)

@@ -251,7 +251,8 @@ class PolicyService:
             revisions = await self._store.history(name)
         except NotFound:
             raise Refusal("no such policy", "$.name", f"no policy named {name!r} was ever stored") from None
-        log.info("policy_history_read", policy=name, revisions=len(revisions))
+        revisions, left_out = _fit(revisions, self._nc.max_payload - 1024)
+        log.info("policy_history_read", policy=name, revisions=len(revisions), left_out=left_out)
         return PolicyHistory(name=name, revisions=revisions), None
 
     async def _preview(self, msg: Msg) -> Reply:
@@ -316,6 +317,20 @@ class PolicyService:
                 if total > limit:
                     reason = f"host {host}'s bundle would be {total} bytes, over {limit}"
                     raise Refusal("bundle too large", reason=reason)
+
+
+def _fit(revisions: list[PolicyRevision], limit: int) -> tuple[list[PolicyRevision], int]:
+    """Leave out the policy bodies of the oldest revisions until the history fits in one reply."""
+    sizes = [len(encode(r)) for r in revisions]
+    total, out, left_out = sum(sizes), list(revisions), 0
+    for i, r in enumerate(revisions):
+        if total <= limit:
+            break
+        if r.policy is not None:
+            out[i] = msgspec.structs.replace(r, policy=None)
+            total += len(encode(out[i])) - sizes[i]
+            left_out += 1
+    return out, left_out
 
 
 def _client(msg: Msg) -> str:
