@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import io
 import re
+import tarfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,10 +25,10 @@ from preguard.policy.service import PolicyService
 from preguard.policy.store import PolicyStore
 from preguard.probe import Probe, ProbeSettings
 from preguard.proto import Alert, ContainerStatus, Event, Kind, Outcome, ProbeStatus, Severity, Subjects
-from preguard.proto.abi import Record, encode_record
 from tests.conftest import MakeContainer
 
 TOKEN = "console-test-token"
+XSS = "<img src=x onerror=alert(1)>"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -54,31 +55,39 @@ async def alert_service(nc: NATS, subjects: Subjects) -> AsyncIterator[AlertServ
 class Guarded:
     """A real container on the local Docker engine, and a real probe that sees only it (by label)."""
 
-    def __init__(self, probe: Probe, container: Any, name: str, pid: int) -> None:
-        self.probe, self.container, self.name, self.pid = probe, container, name, pid
+    def __init__(self, probe: Probe, container: Any, name: str) -> None:
+        self.probe, self.container, self.name = probe, container, name
 
-    async def blocked_read(self, target: str, revision: int, rule: int) -> None:
-        """One blocked read as the hook reports it: a record in the container's event pipe.
-
-        Written from the host through the container's root, the way a process inside writes it;
-        the probe reads, validates and attributes it like any other.
-        """
-        pipe = Path(f"/proc/{self.pid}/root/.preguard/events")
+    async def run(self, *cmd: str) -> tuple[int, str]:
+        """docker exec: the exit code and output of a command in the container."""
+        execution = await self.container.exec(list(cmd), stdout=True, stderr=True)
+        out: list[bytes] = []
+        async with execution.start(detach=False) as stream:
+            while (msg := await stream.read_out()) is not None:
+                out.append(msg.data)
         deadline = time.monotonic() + 10
-        while not await asyncio.to_thread(
-            pipe.exists
-        ):  # the probe injects asynchronously: poll Docker-side state
-            assert time.monotonic() < deadline, "the probe never made the event pipe"
-            await asyncio.sleep(0.05)
-        record = Record(
-            version=1, time_ns=time.time_ns(), pid=4242, uid=0, kind=Kind.FILE, action=Outcome.BLOCKED,
-            access="read", rule_id=rule, revision=revision, exe="/bin/cat", target=target, truncated=False,
-        )  # fmt: skip
-        fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(fd, encode_record(record))
-        finally:
-            os.close(fd)
+        while (info := await execution.inspect())["Running"]:  # Docker state: poll
+            assert time.monotonic() < deadline, f"{cmd} did not finish"
+            await asyncio.sleep(0.02)
+        return int(info["ExitCode"]), b"".join(out).decode(errors="replace")
+
+    async def blocked_read(self, path: str) -> None:
+        """`cat PATH` in the container: the library denies the open and reports it through the pipe."""
+        code, out = await self.run("/bin/cat", path)
+        assert code != 0, out
+        assert "Permission denied" in out
+
+
+def _libdl_tar() -> bytes | None:
+    """The glibc library links libdl.so.2 (for glibc < 2.34). The test image holds only what its
+    programs need, which on Debian 12 leaves libdl out; real Debian images ship it."""
+    lib = Path("/lib/x86_64-linux-gnu/libdl.so.2")
+    if not lib.exists():
+        return None
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(lib.resolve()), arcname="libdl.so.2")
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -91,11 +100,15 @@ async def guarded(
     )
     name = f"preguard-test-{scope}"
     container = await make_container(glibc_image, name=name, labels={"preguard.test": scope})
-    info = await container.show()
-    probe = Probe(nc, docker, subjects, settings)
-    await probe.start()
-    yield Guarded(probe, container, name, int(info["State"]["Pid"]))
-    await probe.stop()
+    guarded = Guarded(Probe(nc, docker, subjects, settings), container, name)
+    if (libdl := _libdl_tar()) is not None:
+        await container.put_archive("/usr/lib/x86_64-linux-gnu", libdl)
+    # files to be read later, made before any policy applies (and writing is not blocked anyway)
+    code, out = await guarded.run("/bin/sh", "-c", f"echo secret > /etc/shadow && echo x > '/tmp/{XSS}'")
+    assert code == 0, out
+    await guarded.probe.start()
+    yield guarded
+    await guarded.probe.stop()
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from nats.aio.client import Client as NATS
 from preguard.console import ConsoleServer
 from preguard.policy.service import PolicyService
 from preguard.proto import Policy, PolicyList, Severity, Subjects, decode, decode_policy, encode
-from tests.console.conftest import TOKEN, Client, alert, container, heartbeat
+from tests.console.conftest import TOKEN, XSS, Client, alert, container, heartbeat
 
-XSS = "<img src=x onerror=alert(1)>"
 POLICY = "name: lock\nseverity: high\nrules:\n  - {kind: file, path: /etc/shadow, access: read}\n"
 BAD_PORT = 'name: lock\nrules:\n  - kind: network\n    cidr: 127.0.0.2/32\n    ports: "70000"\n'
 
