@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiodocker
@@ -17,8 +17,19 @@ from preguard.probe import Probe, ProbeSettings
 from preguard.probe.service import ensure_streams
 from preguard.proto import Policy, PolicyBundle, Subjects, encode
 from tests.conftest import MakeContainer
+from tests.support.images import build_image, remove_images
 
 SCOPE_LABEL = "preguard.test"
+LIBDL = "/usr/lib/x86_64-linux-gnu/libdl.so.2"
+
+
+@pytest.fixture(scope="session")
+def glibc_image(docker_engine: None) -> Iterator[str]:
+    """The shared glibc image plus libdl.so.2, which the library's glibc build links (for glibc
+    before 2.34, where dladdr lives there); the probe refuses images that lack it."""
+    tag = build_image("glibc", "preguard-test-probe-glibc", extra={LIBDL: LIBDL})
+    yield tag
+    remove_images([tag])
 
 
 @pytest.fixture

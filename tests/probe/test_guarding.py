@@ -21,7 +21,7 @@ from preguard.proto import (
     Subjects,
     decode_events,
 )
-from tests.probe.conftest import SCOPE_LABEL, PublishBundle, StartProbe, eventually, pid_of, run_in
+from tests.probe.conftest import LIBDL, SCOPE_LABEL, PublishBundle, StartProbe, eventually, pid_of, run_in
 
 pytestmark = pytest.mark.docker
 
@@ -224,3 +224,25 @@ async def test_a_rename_into_a_name_selector_guards_the_container(
     root = Path(f"/proc/{pid_of(await c.show())}/root")
     await c.rename(f"pg-{scope}-web")
     await eventually(lambda: (root / "etc/ld.so.preload").exists())
+
+
+async def test_an_image_without_a_library_the_hook_needs_is_refused_not_broken(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    c = await container(glibc_image, ["/bin/sh", "-c", f"rm {LIBDL}; exec sleep 3600"])
+    root = Path(f"/proc/{pid_of(await c.show())}/root")
+    await eventually(lambda: not (root / LIBDL.lstrip("/")).exists())
+    await publish_bundle([policy(scope)], revision=1)
+    sub = await nc.subscribe(subjects.status(host))
+    await start_probe()
+    mine = await status_until(sub, c.id[:12], lambda s: not s.coverable)
+    assert "libdl.so.2" in mine.reason
+    assert not (root / "etc/ld.so.preload").exists()
+    assert (await run_in(c, "/bin/cat", "/etc/hostname"))[0] == 0

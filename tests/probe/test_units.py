@@ -176,7 +176,7 @@ def test_classify_names_why_a_process_runs_without_the_library() -> None:
 
 def test_start_time_reads_field_22_past_a_comm_with_spaces() -> None:
     stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 500 1000 10"
-    assert start_time(stat, boot_time=1000.0, ticks=100) == 1005.0
+    assert start_time(stat, ticks=100) == 5.0
 
 
 def test_token_bucket_admits_the_burst_then_the_rate() -> None:
@@ -184,3 +184,10 @@ def test_token_bucket_admits_the_burst_then_the_rate() -> None:
     assert bucket.take(0.0, 8) == 5
     assert bucket.take(0.0, 1) == 0
     assert bucket.take(1.0, 100) == 5  # refilled to the burst, not beyond
+
+
+def test_needed_libraries_reads_dt_needed() -> None:
+    from preguard.probe.libc import needed_libraries
+
+    assert "libc.so.6" in needed_libraries(Path("/bin/ls").read_bytes())
+    assert needed_libraries(b"not an elf") == []

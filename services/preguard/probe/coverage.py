@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 from collections import defaultdict
 
 from preguard.proto import ProcessCoverage
@@ -65,10 +66,15 @@ def elf_interpreter(header: bytes) -> bool | None:
     return False
 
 
-def start_time(stat_text: str, boot_time: float, ticks: int) -> float:
-    """A process's start as a Unix time, from /proc/<pid>/stat (field 22, after the comm)."""
+def start_time(stat_text: str, ticks: int) -> float:
+    """A process's start in seconds since boot (CLOCK_BOOTTIME), from /proc/<pid>/stat field 22."""
     fields = stat_text.rsplit(")", 1)[1].split()
-    return boot_time + int(fields[19]) / ticks
+    return int(fields[19]) / ticks
+
+
+def since_boot(unix_time: float) -> float:
+    """A Unix time on the boot clock that process start times use (no whole-second btime rounding)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - (time.time() - unix_time)
 
 
 def classify(maps: str, header: bytes, started: float, injected: float | None) -> str | None:
@@ -92,13 +98,6 @@ def _read(path: str, limit: int = 1 << 20) -> bytes:
         return fh.read(limit)
 
 
-def boot_time(proc: str = "/proc") -> float:
-    for line in _read(f"{proc}/stat").decode().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def pids_by_namespace(proc: str = "/proc") -> dict[str, list[int]]:
     """Every host process, grouped by its PID namespace (`pid:[4026532...]`)."""
     groups: dict[str, list[int]] = defaultdict(list)
@@ -117,12 +116,13 @@ def scan(
         ns = os.readlink(f"{proc}/{init_pid}/ns/pid")
     except OSError:
         return 0, []
-    btime, ticks = boot_time(proc), os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    injected = since_boot(injected) if injected is not None else None
     covered, uncovered = 0, []
     for pid in sorted(groups.get(ns, [])):
         try:
             maps = _read(f"{proc}/{pid}/maps", 8 << 20).decode(errors="replace")
-            started = start_time(_read(f"{proc}/{pid}/stat").decode(errors="replace"), btime, ticks)
+            started = start_time(_read(f"{proc}/{pid}/stat").decode(errors="replace"), ticks)
             try:
                 header = _read(f"{proc}/{pid}/exe", 4096)
             except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 
 import msgspec
 
@@ -52,3 +53,36 @@ def detect(root: RootFS) -> Libc:
         if data is not None:
             return Libc(family=family, version=glibc_version(data))
     return Libc(family=family)
+
+
+def needed_libraries(elf: bytes) -> list[str]:
+    """The DT_NEEDED names of a 64-bit little-endian ELF shared object (our own library build)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        return []
+    shoff, shentsize, shnum = struct.unpack_from("<Q", elf, 40)[0], *struct.unpack_from("<HH", elf, 58)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    names = []
+    for _name, kind, _flags, _addr, offset, size, link, *_ in sections:
+        if kind != 6:  # SHT_DYNAMIC; its sh_link is the string table
+            continue
+        strtab = sections[link][4]
+        for pos in range(offset, offset + size, 16):
+            tag, value = struct.unpack_from("<qQ", elf, pos)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                end = elf.index(b"\0", strtab + value)
+                names.append(elf[strtab + value : end].decode())
+    return names
+
+
+def missing_libraries(root: RootFS, family: str, needed: list[str]) -> list[str]:
+    """The needed libraries the container cannot provide (musl's libc.so is its loader itself)."""
+    dirs = [d for base in LIB_DIRS for d in (base, *(f"{base}/{a}" for a in _ARCH_DIRS))]
+    missing = []
+    for name in needed:
+        if family == "musl" and name == "libc.so":
+            continue
+        if not any(root.exists(f"{d}/{name}") for d in dirs):
+            missing.append(name)
+    return missing

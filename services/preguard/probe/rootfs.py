@@ -117,6 +117,13 @@ class RootFS:
         finally:
             os.close(fd)
 
+    def exists(self, path: str) -> bool:
+        try:
+            os.close(self.open(path, os.O_PATH))
+        except OSError:
+            return False
+        return True
+
     def lstat(self, path: str) -> os.stat_result | None:
         parent, name = os.path.split(path.rstrip("/"))
         try:

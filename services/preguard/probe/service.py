@@ -20,7 +20,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from preguard.probe import coverage, inject
 from preguard.probe.docker import Watcher
 from preguard.probe.guarded import Tracked
-from preguard.probe.libc import detect
+from preguard.probe.libc import detect, missing_libraries, needed_libraries
 from preguard.probe.pipes import PipeReader
 from preguard.probe.publisher import Publisher
 from preguard.probe.rootfs import HostRootError, RootFS
@@ -208,9 +208,13 @@ class Probe:
             tracked.refuse("read-only root filesystem")
         else:
             try:
-                inject.library_bytes(libc.family)
+                library = inject.library_bytes(libc.family)
             except (FileNotFoundError, KeyError):
                 tracked.refuse(f"no {libc.family} build of the library in this probe")
+                return
+            # a library whose dependency is missing would stop every program from starting
+            if missing := missing_libraries(tracked.root, libc.family, needed_libraries(library)):
+                tracked.refuse(f"the library needs {', '.join(missing)}, which the image lacks")
 
     def _reconcile(self, tracked: Tracked) -> None:
         """Bring one container to what the bundle says: injected with its rules, or clean."""
