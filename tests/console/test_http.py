@@ -258,3 +258,13 @@ async def test_new_policy_never_overwrites_one_of_the_same_name(
         "/policies/edit", {"text": POLICY, "fmt": "yaml", "action": "save", "expected": "0"}
     )
     assert response.status == 409
+
+
+async def test_without_a_policy_service_the_pages_say_so(client: Client) -> None:
+    await client.sign_in()
+    status, page = await client.get("/policies/lock")
+    assert status == 503
+    assert "no policy service is answering" in page
+    status, page = await client.get("/policies")
+    assert status == 200
+    assert "no policy service is answering" in page

@@ -13,7 +13,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from preguard.console.bus import Bus
+from preguard.console.bus import Bus, Unavailable
 from preguard.console.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -122,6 +122,16 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A service that does not answer is a page saying so, not a stack trace."""
+    try:
+        return await handler(request)
+    except Unavailable as exc:
+        log.warning("service_unavailable", path=request.path, error=str(exc))
+        return render(request, "unavailable.html", status=503, title="Service unavailable", error=str(exc))
+
+
+@web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Signed-in session for everything but the sign-in page; CSRF token on every change."""
     console = request.app[CONSOLE]
@@ -212,7 +222,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 def make_app(console: Console) -> web.Application:
     from preguard.console import pages, policies  # pages import render() from here
 
-    app = web.Application(middlewares=[headers, guard], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[headers, guard, errors], client_max_size=1024 * 1024)
     app[CONSOLE] = console
     app[TEMPLATES] = templates()
     app.router.add_get("/login", login_page)
