@@ -76,6 +76,7 @@ int hook_lexical(int dirfd, const char *path, char *out);
 void hook_cwd_changed(void);
 void hook_fd_closed(int fd); /* a descriptor number was closed or replaced */
 void hook_fds_closed(unsigned lo, unsigned hi);
+uint64_t hook_fd_epoch(int fd); /* moves whenever the number is closed or replaced through libc */
 int hook_is_protected(const char *canon, size_t len); /* the library's own files, /etc/ld.so.preload */
 
 /* -- emit.c: event records ------------------------------------------------------------------------ */
@@ -84,7 +85,7 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
 
 /* -- file.c: judging a path operation (exec.c and net.c use it too) ------------------------------- */
 int hook_judge_file(int dirfd, const char *path, int bits, int follow); /* 0, or -1 with errno set */
-void hook_resolve_file(void);
+void hook_resolve_early(void);
 
 /* raw system calls: never through the hooks, never touching another library's state */
 long hook_sys(long nr, long a, long b, long c, long d, long e, long f);

@@ -116,6 +116,8 @@ void hook_fd_closed(int fd)
         __atomic_fetch_add(&fds[(unsigned)fd % FD_SLOTS].epoch, 1, __ATOMIC_ACQ_REL);
 }
 
+uint64_t hook_fd_epoch(int fd) { return __atomic_load_n(&fds[(unsigned)fd % FD_SLOTS].epoch, __ATOMIC_ACQUIRE); }
+
 void hook_fds_closed(unsigned lo, unsigned hi)
 {
     for (unsigned i = 0; i < FD_SLOTS && lo + i <= hi && lo + i >= lo; i++)

@@ -95,13 +95,19 @@ static uint32_t fnv32(const unsigned char *p, size_t n)
 
 static int in_range(uint64_t off, uint64_t len, uint64_t size) { return off <= size && len <= size - off; }
 
-/* Everything is checked once per load, so matching can trust offsets and lengths. */
-static int valid(const unsigned char *base, size_t size)
+/* Everything is checked before use, so matching can trust offsets and lengths. The full check costs
+ * a pass over the file, so the first process to make it for a generation says so in the control file
+ * and later ones (every exec) check the header only: the file is replaced by rename, never in place. */
+static int valid(const unsigned char *base, size_t size, uint64_t generation)
 {
     const struct preguard_rules_header *h = (const void *)base;
     if (size < sizeof *h || h->magic != PREGUARD_RULES_MAGIC || h->version != PREGUARD_ABI_VERSION ||
         h->header_size != sizeof *h || h->file_size != size)
         return 0;
+    struct preguard_control *c = hook_control;
+    if (c && __atomic_load_n(&c->verified_generation, __ATOMIC_ACQUIRE) == generation &&
+        __atomic_load_n(&c->verified_checksum, __ATOMIC_ACQUIRE) == h->checksum && generation)
+        return 1;
     if (fnv32(base + sizeof *h, size - sizeof *h) != h->checksum)
         return 0;
     uint32_t nb = h->bucket_count, ne = h->entry_count;
@@ -124,6 +130,11 @@ static int valid(const unsigned char *base, size_t size)
     for (int k = 1; k < 4; k++)
         if (h->default_action[k] != PREGUARD_ACT_ALLOW && h->default_action[k] != PREGUARD_ACT_BLOCK)
             return 0;
+    if (c && control_writable) {
+        /* checksum first: a reader that sees the generation must see its checksum */
+        __atomic_store_n(&c->verified_checksum, h->checksum, __ATOMIC_RELEASE);
+        __atomic_store_n(&c->verified_generation, generation, __ATOMIC_RELEASE);
+    }
     return 1;
 }
 
@@ -143,7 +154,7 @@ static struct hook_rules *load(uint64_t generation)
     if (m == MAP_FAILED || (unsigned long)m > -4096UL)
         return NULL;
     size_t size = (size_t)st.st_size;
-    if (!valid(m, size)) {
+    if (!valid(m, size, generation)) {
         SYS3(SYS_munmap, m, size, 0);
         return NULL;
     }

@@ -153,7 +153,9 @@ struct preguard_control {
     uint64_t loads;           /* rules loads done by processes */
     uint64_t loaded_revision; /* the highest revision a process has loaded */
     uint64_t events;          /* records written */
-    uint64_t reserved[7];
+    uint64_t verified_generation; /* the generation whose rules file a process checked in full */
+    uint64_t verified_checksum;   /* and the checksum it found: later processes trust that file */
+    uint64_t reserved[5];
 };
 /* cdef-end */
 

@@ -226,6 +226,8 @@ class ControlState(msgspec.Struct, frozen=True, kw_only=True):
     loads: int
     loaded_revision: int  # highest revision some process has loaded
     events: int  # records written
+    verified_generation: int = 0  # the generation whose rules file a process checked in full
+    verified_checksum: int = 0
 
 
 _CONTROL_FIELDS = tuple(f for f in ControlState.__struct_fields__)
