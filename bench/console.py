@@ -128,14 +128,15 @@ async def _stream_latencies(
     responses = [await session.get(base + "/alerts/stream") for _ in range(STREAMS)]
     try:
         for r in responses:
-            while (await r.content.readline()).strip() != b": connected":
-                pass
+            assert r.status == 200, r.status
+            while (line := await r.content.readline()).strip() != b": connected":
+                assert line, "the event stream ended"
         first, latencies = responses[0], []
         for i in range(ALERTS):
             sent = time.perf_counter_ns()
             await nc.publish(subjects.alerts("high", "host-0"), encode(_alert(i)))
             while not (line := await first.content.readline()).startswith(b"data:"):
-                pass
+                assert line, "the event stream ended"
             latencies.append((time.perf_counter_ns() - sent) / 1e6)
             assert f'"count":{i + 1}'.encode() in line
         return latencies

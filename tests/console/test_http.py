@@ -184,6 +184,12 @@ async def test_text_from_containers_is_escaped_on_every_page(
         assert html.escape(XSS, quote=False) in page, path
 
 
+async def next_line(stream: aiohttp.ClientResponse) -> bytes:
+    line = await stream.content.readline()
+    assert line, "the event stream ended"
+    return line.strip()
+
+
 async def test_live_stream_sends_matching_alerts_as_server_sent_events(
     client: Client, console: ConsoleServer, nc: NATS, subjects: Subjects
 ) -> None:
@@ -192,8 +198,9 @@ async def test_live_stream_sends_matching_alerts_as_server_sent_events(
     async with client.session.get(
         client.base + "/alerts/stream?severity=critical", timeout=timeout
     ) as stream:
+        assert stream.status == 200
         assert stream.headers["Content-Type"].startswith("text/event-stream")
-        while (await stream.content.readline()).strip() != b": connected":
+        while await next_line(stream) != b": connected":
             pass
         await nc.publish(subjects.alerts("high", "h1"), encode(alert("/etc/shadow", alert_id="skip")))
         await nc.publish(
@@ -202,8 +209,7 @@ async def test_live_stream_sends_matching_alerts_as_server_sent_events(
         )
         lines = []
         while not lines or not lines[-1].startswith(b"data:"):
-            line = (await stream.content.readline()).strip()
-            if line:
+            if line := await next_line(stream):
                 lines.append(line)
     assert lines[-2] == b"event: alert"
     assert b'"id":"keep"' in lines[-1]
