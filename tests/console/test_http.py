@@ -60,6 +60,9 @@ async def test_every_page_carries_a_strict_content_security_policy(client: Clien
     assert "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp
     assert "<script>" not in body  # scripts are files only: /static/console.js
+    for path in ("/static/console.js", "/nowhere", "/alerts/stream"):
+        async with client.session.get(client.base + path) as r:
+            assert r.headers["Content-Security-Policy"] == csp, path
 
 
 async def test_change_without_csrf_token_is_refused_and_nothing_is_stored(

@@ -107,18 +107,11 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
 
 
 # -- middleware -----------------------------------------------------------------------------------
-@web.middleware
-async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Security headers on every response, errors included."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers.update(SECURITY_HEADERS)
-        raise
+async def headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Security headers on every response: pages, errors, static files and event streams alike."""
     response.headers.update(SECURITY_HEADERS)
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
-    return response
 
 
 @web.middleware
@@ -222,8 +215,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
 def make_app(console: Console) -> web.Application:
     from preguard.console import pages, policies  # pages import render() from here
 
-    app = web.Application(middlewares=[headers, guard, errors], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[guard, errors], client_max_size=1024 * 1024)
     app[CONSOLE] = console
+    app.on_response_prepare.append(headers)
     app[TEMPLATES] = templates()
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
