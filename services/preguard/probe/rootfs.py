@@ -72,6 +72,13 @@ class RootFS:
             os.close(self.fd)
             raise
 
+    def alive(self, proc: str = "/proc") -> bool:
+        """Whether the pid still runs with this root (a dying container's files vanish: no tamper)."""
+        try:
+            return _identity(os.stat(f"{proc}/{self.pid}/root")) == _identity(os.fstat(self.fd))
+        except OSError:
+            return False
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from datetime import UTC, datetime
 
@@ -232,7 +231,7 @@ class Probe:
                 elif tracked.guarded or inject.has_line(inject.preload_text(root)):
                     self._eject(tracked)
             except OSError as exc:
-                if not os.path.exists(f"{self._settings.proc}/{tracked.info.pid}"):
+                if not root.alive(self._settings.proc):
                     return  # vanished mid-operation: the engine's die event follows
                 tracked.refuse(f"injection failed: {exc.strerror or exc}")
                 log.warning("container_injection_failed", error=str(exc))
@@ -296,6 +295,8 @@ class Probe:
             reader_ino = tracked.reader.ino if tracked.reader else None
             if not problems and reader_ino == inject.pipe_inode(tracked.root):
                 return
+            if not tracked.root.alive(self._settings.proc):
+                return  # stopping: its files go with it; the engine's die event follows
             with structlog.contextvars.bound_contextvars(container_id=tracked.info.short_id):
                 log.warning("container_tampered", paths=problems)
                 tracked.close_reader()
