@@ -81,6 +81,11 @@ class Probe:
         """Events waiting for NATS (while it is unreachable)."""
         return self._publisher.held
 
+    @property
+    def docker_connected(self) -> bool:
+        """Following the engine's events now (false while it is unreachable and retried)."""
+        return self._watcher.connected
+
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Returns once containers are listed and the bundle subscription is in place."""
@@ -96,10 +101,10 @@ class Probe:
         except msgspec.DecodeError as exc:
             log.error("bundle_refused", subject=subject, error=str(exc))
         self._runner = asyncio.create_task(self._run())  # hosts the TaskGroup that owns the loops
-        await asyncio.wait(
-            [asyncio.ensure_future(self._watcher.synced.wait()), self._runner],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        synced = asyncio.ensure_future(self._watcher.synced.wait())
+        # an unreachable engine is retried in the background: the probe still heartbeats meanwhile
+        await asyncio.wait([synced, self._runner], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        synced.cancel()
         if self._runner.done():
             self._runner.result()  # raises what stopped it
         self._bundle_sub = await js.subscribe(
