@@ -105,6 +105,9 @@ static int judge_exec(int dirfd, const char *path, char *const argv[], int follo
     return 0;
 }
 
+/* Resolved at start-up: a forked child would otherwise look it up after every fork. */
+void hook_resolve_exec(void) { (void)REAL(execve); }
+
 /* What execvp would run: the first executable candidate along PATH. */
 static int search(const char *file, char *out)
 {

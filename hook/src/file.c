@@ -53,8 +53,10 @@ int hook_judge_file(int dirfd, const char *path, int bits, int follow)
         return 0;
     struct hook_match m = {0};
     hook_match_path(r, PREGUARD_T_FILE_EXACT, PREGUARD_T_FILE_GLOB, canon, (size_t)n, bits, &m);
-    /* the path as written too, so a rule on /bin/x holds where /bin is a link to /usr/bin */
-    int l = hook_lexical(dirfd, path, lexical);
+    /* the path as written too, so a rule on /bin/x holds where /bin is a link to /usr/bin (an absolute
+     * path that is already canonical is its own lexical form) */
+    int canonical = path[0] == '/' && !strcmp(path, canon);
+    int l = canonical ? -1 : hook_lexical(dirfd, path, lexical);
     if (l > 0 && (l != n || memcmp(lexical, canon, (size_t)n)))
         hook_match_path(r, PREGUARD_T_FILE_EXACT, PREGUARD_T_FILE_GLOB, lexical, (size_t)l, bits, &m);
     int access = (bits & WRITE) && (!m.action || (m.bits & WRITE)) ? PREGUARD_ACCESS_WRITE : PREGUARD_ACCESS_READ;

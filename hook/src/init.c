@@ -82,6 +82,7 @@ static void do_init(void)
     long n = hook_sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)hook_exe, sizeof hook_exe, 0, 0);
     hook_exe_len = n > 0 ? (size_t)n : 0;
     hook_resolve_early();
+    hook_resolve_exec();
     (void)hook_rules(); /* maps control and rules */
     errno = saved;
 }
