@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from bench import Figure
 from preguard.proto import Policy
 from preguard.proto.abi import LIBRARY, PIPE, init_directory, install_rules
 from preguard.proto.rulesfile import compile_rules
-
-from bench import Figure
 
 HOOK = Path(__file__).resolve().parents[1] / "hook"
 PROGRAM = HOOK / "build/tests/bench"
@@ -60,7 +60,9 @@ def rules(n: int) -> list[dict[str, Any]]:
             case 3:
                 out.append({"kind": "process", "path": f"/opt/bin{i}/*"})
             case _:
-                out.append({"kind": "network", "cidr": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32"})
+                out.append(
+                    {"kind": "network", "cidr": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32"}
+                )
     return out
 
 
@@ -156,8 +158,19 @@ def run() -> list[Figure]:
             traced = min(measure(op, strace_iterations, None, strace=True) for _ in range(2))
             wall_base = min(_wall(op, strace_iterations) for _ in range(2))
             figures.append(
-                Figure(f"hook: {LABELS[op]}, strace -f / no library", traced / wall_base, "x", "", None, "wall clock")
+                Figure(
+                    f"hook: {LABELS[op]}, strace -f / no library",
+                    traced / wall_base,
+                    "x",
+                    "",
+                    None,
+                    "wall clock",
+                )
             )
         hit = rule_hit(root)
-        figures.append(Figure("hook: rule hit with event written (reader draining)", hit / 1000, "us", "< 2 us", hit < 2000))
+        figures.append(
+            Figure(
+                "hook: rule hit with event written (reader draining)", hit / 1000, "us", "< 2 us", hit < 2000
+            )
+        )
     return figures

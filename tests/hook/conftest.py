@@ -10,8 +10,18 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from preguard.proto import Policy
-from preguard.proto.abi import LIBRARY, PIPE, Control, ControlState, Record, RecordReader, init_directory, install_rules
+from preguard.proto.abi import (
+    LIBRARY,
+    PIPE,
+    Control,
+    ControlState,
+    Record,
+    RecordReader,
+    init_directory,
+    install_rules,
+)
 from preguard.proto.rulesfile import CompiledRules, compile_rules
 
 HOOK = Path(__file__).resolve().parents[2] / "hook"
@@ -66,7 +76,14 @@ class Guard:
     ) -> subprocess.CompletedProcess[str]:
         env = self.env(kw.pop("env", None)) if hooked else {**os.environ, **kw.pop("env", {})}
         return subprocess.run(
-            [str(a) for a in argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False, **kw
+            [str(a) for a in argv],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **kw,
         )
 
     def events(self) -> list[Record]:

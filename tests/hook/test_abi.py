@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cffi
 import pytest
+
 from preguard.proto import Kind, Outcome
 from preguard.proto.abi import (
     ABI_VERSION,
@@ -27,7 +28,6 @@ from preguard.proto.abi import (
     install_rules,
 )
 from preguard.proto.rulesfile import compile_rules, entry_hash, glob_key, normalize_path
-
 from tests.hook.conftest import HOOK, policy
 
 RECORD = Record(
@@ -89,7 +89,15 @@ def test_records_round_trip_and_garbage_is_skipped_and_counted() -> None:
 
 @pytest.mark.parametrize(
     ("offset", "value"),
-    [(4, b"\x09\x00"), (6, b"\xff\xff"), (40, b"\x09"), (41, b"\x00"), (42, b"\x77"), (43, b"\x02"), (44, b"\xff\x00")],
+    [
+        (4, b"\x09\x00"),
+        (6, b"\xff\xff"),
+        (40, b"\x09"),
+        (41, b"\x00"),
+        (42, b"\x77"),
+        (43, b"\x02"),
+        (44, b"\xff\x00"),
+    ],
 )
 def test_malformed_records_are_refused(offset: int, value: bytes) -> None:
     data = bytearray(encode_record(RECORD))
@@ -104,16 +112,23 @@ def test_invalid_utf8_is_replaced_and_tamper_has_no_rule() -> None:
     raw[-1] = 0xFF
     [rec] = RecordReader().feed(bytes(raw))
     assert rec.target.endswith("\ufffd")
-    tamper = encode_record(Record(**{**{f: getattr(RECORD, f) for f in Record.__struct_fields__}, "rule_id": NO_RULE}))
+    tamper = encode_record(
+        Record(**{**{f: getattr(RECORD, f) for f in Record.__struct_fields__}, "rule_id": NO_RULE})
+    )
     assert RecordReader().feed(tamper)[0].rule_id == NO_RULE
 
 
 def test_glibc_floor_is_what_the_built_library_needs(hook_build: Path) -> None:
     out = subprocess.run(
-        ["readelf", "-V", str(hook_build / "libpreguard-glibc.so")], capture_output=True, text=True, check=True
+        ["readelf", "-V", str(hook_build / "libpreguard-glibc.so")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     needs = out.split("Version needs", 1)[1]
-    versions = {tuple(int(x) for x in v.split(".")) for v in re.findall(r"Name: GLIBC_(\d+\.\d+(?:\.\d+)?)", needs)}
+    versions = {
+        tuple(int(x) for x in v.split(".")) for v in re.findall(r"Name: GLIBC_(\d+\.\d+(?:\.\d+)?)", needs)
+    }
     assert max(v[:2] for v in versions) == GLIBC_REQUIRED
     assert glibc_version_ok((2, 36)) and glibc_version_ok(GLIBC_REQUIRED) and not glibc_version_ok((2, 16))
 
@@ -130,7 +145,11 @@ def test_install_rules_is_atomic_and_bumps_the_generation(tmp_path: Path) -> Non
 
 
 def test_compiled_rules_name_their_origins() -> None:
-    a = policy({"kind": "file", "path": "/etc/shadow"}, {"kind": "network", "cidr": "10.0.0.0/8", "ports": "22,80-90"}, name="a")
+    a = policy(
+        {"kind": "file", "path": "/etc/shadow"},
+        {"kind": "network", "cidr": "10.0.0.0/8", "ports": "22,80-90"},
+        name="a",
+    )
     b = policy({"kind": "process", "path": "/usr/bin/*"}, name="b", defaults={"network": "deny"})
     compiled = compile_rules([a, b], 9)
     assert [(o.policy, o.rule) for o in compiled.origins] == [("a", 0), ("a", 1), ("b", 0), ("b", -1)]
@@ -138,7 +157,11 @@ def test_compiled_rules_name_their_origins() -> None:
 
 
 def test_keys_and_hashes_follow_the_header() -> None:
-    assert glob_key("/var/www/**") == "/var/www/" and glob_key("*.key") == "" and glob_key("/etc/*.d/x") == "/etc/"
+    assert (
+        glob_key("/var/www/**") == "/var/www/"
+        and glob_key("*.key") == ""
+        and glob_key("/etc/*.d/x") == "/etc/"
+    )
     assert normalize_path("//etc/./x/../shadow/") == "/etc/shadow"
     # FNV-1a 64 of the key, then the type mixed in: the C side computes the same in one pass
     assert entry_hash(1, b"") == ((0xCBF29CE484222325 ^ 1) * 0x100000001B3) & (2**64 - 1)

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+
 from preguard.proto import Kind, Outcome
 from preguard.proto.abi import NO_RULE
-
 from tests.hook.conftest import Guard, policy
 
 
@@ -49,7 +49,13 @@ def test_relative_spellings_are_judged_as_the_canonical_path(
 
 @pytest.mark.parametrize(
     "spelling",
-    ["{d}//secret", "{d}/./secret", "{d}/sub/../secret", "/proc/self/root{d}/secret", "/proc/self/../self/root/{d}/secret"],
+    [
+        "{d}//secret",
+        "{d}/./secret",
+        "{d}/sub/../secret",
+        "/proc/self/root{d}/secret",
+        "/proc/self/../self/root/{d}/secret",
+    ],
 )
 def test_absolute_spellings_are_judged_as_the_canonical_path(
     blocked: Guard, calls: Path, secret: Path, spelling: str
@@ -74,7 +80,8 @@ def test_a_reused_directory_descriptor_is_not_taken_for_the_old_directory(
     other = tmp_path / "other"
     other.mkdir()
     (other / "secret").write_text("fine")
-    argv = [calls, "dirswap", other, secret.parent, "secret"] + (["dir"] if closing == "closedir" else [])
+    argv: list[str | Path] = [calls, "dirswap", other, secret.parent, "secret"]
+    argv += ["dir"] if closing == "closedir" else []
     assert blocked.run(argv).stdout == "ok same err\n"
 
 
@@ -123,13 +130,17 @@ def test_exec_through_the_dynamic_loader_is_judged_as_the_program(guard: Guard, 
 
 def test_exec_spellings_relative_symlinked_and_as_written(guard: Guard, calls: Path, tmp_path: Path) -> None:
     (tmp_path / "innocent").symlink_to("/usr/bin/echo")
-    guard.install(policy({"kind": "process", "path": "/usr/bin/echo"}, {"kind": "process", "path": "/bin/cat"}))
+    guard.install(
+        policy({"kind": "process", "path": "/usr/bin/echo"}, {"kind": "process", "path": "/bin/cat"})
+    )
     assert guard.run([calls, "execve", tmp_path / "innocent", "hi"]).stdout == "err 13\n"
     assert guard.run([calls, "execve", "./innocent", "hi"], cwd=tmp_path).stdout == "err 13\n"
-    assert guard.run([calls, "execve", "../../usr/bin/echo", "x"], cwd="/usr/lib").stdout == "err 13\n"
+    assert guard.run([calls, "execve", "../../usr/bin/echo", "x"], cwd=Path("/usr/lib")).stdout == "err 13\n"
     # a rule on /bin/cat holds where /bin is a link to /usr/bin
     assert guard.run([calls, "execve", "/bin/cat", "/dev/null"]).stdout == "err 13\n"
-    assert guard.run([calls, "execvp", "echo", "hi"], env={"PATH": f"{tmp_path}:/usr/bin"}).stdout == "err 13\n"
+    assert (
+        guard.run([calls, "execvp", "echo", "hi"], env={"PATH": f"{tmp_path}:/usr/bin"}).stdout == "err 13\n"
+    )
 
 
 def test_glob_star_stays_in_one_directory_and_double_star_goes_deep(
@@ -139,10 +150,21 @@ def test_glob_star_stays_in_one_directory_and_double_star_goes_deep(
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / p).write_text("k")
     guard.install(
-        policy({"kind": "file", "path": f"{tmp_path}/a/*.key"}, {"kind": "file", "path": f"{tmp_path}/c/**/*.pem"})
+        policy(
+            {"kind": "file", "path": f"{tmp_path}/a/*.key"},
+            {"kind": "file", "path": f"{tmp_path}/c/**/*.pem"},
+        )
     )
-    verdicts = {p: guard.run([calls, "open", tmp_path / p, ""]).stdout for p in ("a/x.key", "a/b/y.key", "c/d/e/z.pem", "c/top.pem")}
-    assert verdicts == {"a/x.key": "err 13\n", "a/b/y.key": "ok\n", "c/d/e/z.pem": "err 13\n", "c/top.pem": "ok\n"}
+    verdicts = {
+        p: guard.run([calls, "open", tmp_path / p, ""]).stdout
+        for p in ("a/x.key", "a/b/y.key", "c/d/e/z.pem", "c/top.pem")
+    }
+    assert verdicts == {
+        "a/x.key": "err 13\n",
+        "a/b/y.key": "ok\n",
+        "c/d/e/z.pem": "err 13\n",
+        "c/top.pem": "ok\n",
+    }
 
 
 def test_allow_list_mode_denies_what_no_allow_rule_admits(guard: Guard, calls: Path, tmp_path: Path) -> None:

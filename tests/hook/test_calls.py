@@ -6,8 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from preguard.proto import Kind, Outcome
 
+from preguard.proto import Kind, Outcome
 from tests.hook.conftest import Guard, policy
 
 OPEN_READS = ["open", "open_2", "open64", "open64_2", "fopen", "fopen64", "freopen", "freopen64"]
@@ -23,12 +23,10 @@ def files(tmp_path: Path) -> Path:
     return d
 
 
-def file_policy(files: Path, access: str = "any") -> None:
-    pass
-
-
 @pytest.mark.parametrize("call", OPEN_READS)
-def test_open_family_blocks_a_read_rule_and_allows_others(guard: Guard, calls: Path, files: Path, call: str) -> None:
+def test_open_family_blocks_a_read_rule_and_allows_others(
+    guard: Guard, calls: Path, files: Path, call: str
+) -> None:
     compiled = guard.install(policy({"kind": "file", "path": str(files / "secret"), "access": "read"}))
     mode = "r" if call.startswith(("fopen", "freopen")) else ""
     blocked = guard.run([calls, call, files / "secret", mode])
@@ -177,7 +175,9 @@ def test_ipv6_networks_match_by_prefix(guard: Guard, calls: Path) -> None:
     assert [e.target for e in guard.events()] == ["[fd12::1]:9"]
 
 
-def test_unix_socket_paths_are_judged_after_resolving_links(guard: Guard, calls: Path, tmp_path: Path) -> None:
+def test_unix_socket_paths_are_judged_after_resolving_links(
+    guard: Guard, calls: Path, tmp_path: Path
+) -> None:
     sock = tmp_path / "s.sock"
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(sock))

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from preguard.proto import Kind, Outcome
 
+from preguard.proto import Kind, Outcome
 from tests.conftest import MakeContainer
 from tests.hook.conftest import Guard, policy
 

@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from preguard.proto.abi import PIPE, RULES, Control
 
+from preguard.proto.abi import PIPE, RULES, Control
 from tests.hook.conftest import BUILD, HOOK, Guard, policy
 
 
@@ -36,7 +36,11 @@ class Threads:
 
     def __init__(self, program: Path, n: int, path: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [str(program), str(n), str(path)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [str(program), str(n), str(path)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.say("") == "ready"
 
@@ -106,9 +110,7 @@ def test_a_full_pipe_costs_drops_not_a_hang(guard: Guard, hook_build: Path, secr
     assert len(guard.events()) == state.events
 
 
-def test_a_reader_killed_mid_stream_is_no_sigpipe(
-    hook_build: Path, tmp_path: Path, secret: Path
-) -> None:
+def test_a_reader_killed_mid_stream_is_no_sigpipe(hook_build: Path, tmp_path: Path, secret: Path) -> None:
     guard = Guard(tmp_path / "pg", hook_build / "libpreguard-glibc.so")
     guard.close()
     guard.install(policy({"kind": "file", "path": str(secret)}))
@@ -133,7 +135,9 @@ def test_a_program_that_closes_and_reuses_every_descriptor_never_gets_event_byte
     assert len(guard.events()) == 4  # all four attempts reported through the real pipe
 
 
-def test_a_call_from_another_library_constructor_is_judged(guard: Guard, hook_build: Path, secret: Path) -> None:
+def test_a_call_from_another_library_constructor_is_judged(
+    guard: Guard, hook_build: Path, secret: Path
+) -> None:
     guard.install(policy({"kind": "file", "path": str(secret)}))
     out = guard.run([hook_build / "tests/ctor"], env={"PREGUARD_TEST_CTOR_PATH": str(secret)})
     assert out.stdout == "ctor denied\n"
@@ -147,7 +151,9 @@ def test_recursion_through_an_interposed_malloc_is_harmless(guard: Guard, secret
 
 
 def asan_runtime() -> str:
-    return subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_address_sanitizer_build_is_clean(hook_build: Path, tmp_path: Path, secret: Path) -> None:
@@ -167,7 +173,7 @@ def test_address_sanitizer_build_is_clean(hook_build: Path, tmp_path: Path, secr
             "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=99",
         }
         calls = hook_build / "tests/calls"
-        runs = [
+        runs: list[list[str | Path]] = [
             [calls, "open", secret, ""],
             [calls, "open_2", f"{tmp_path}/./a/../secret", ""],
             [calls, "fopen", secret, "r"],
@@ -177,7 +183,9 @@ def test_address_sanitizer_build_is_clean(hook_build: Path, tmp_path: Path, secr
             [hook_build / "tests/closefd", secret, tmp_path / "out"],
         ]
         for argv in runs:
-            out = subprocess.run([str(a) for a in argv], env={**os.environ, **env}, capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                [str(a) for a in argv], env={**os.environ, **env}, capture_output=True, text=True, check=False
+            )
             assert out.returncode != 99 and "AddressSanitizer" not in out.stderr, out.stderr
         proc = subprocess.run(
             [str(hook_build / "tests/threads"), "8", str(secret)],
