@@ -121,24 +121,32 @@ class PolicyStore:
 
     async def _follow(self, on_change: Callable[[], None]) -> None:
         self._restart.clear()
+        # The load ends with the stream's last message, which is always among the last-per-key
+        # ones delivered first. The watcher's own end-of-load marker alone is not enough: it can
+        # come before messages still on their way to the client.
+        target = (await self._js.stream_info(self._stream)).state.last_seq
         watcher = await self._kv.watchall()
         fresh: _View | None = _View()  # the initial load, swapped in whole once complete
-        revision = 0
+        revision, marked = 0, False
         try:
             while not self._restart.is_set():
-                try:
-                    entry = await watcher.updates(timeout=2.0)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    if (await self._js.stream_info(self._stream)).state.last_seq > self.revision:
-                        log.warning("policy_watch_restarted", revision=self.revision)
-                        return  # quiet but behind: the consumer was lost (server restart)
-                    continue
-                if entry is None:  # the initial load is complete
-                    assert fresh is not None
+                if fresh is not None and marked and revision >= target:
                     self._view, fresh = fresh, None
                     await self._advance(revision)
                     self._loaded.set()
                     on_change()
+                try:
+                    entry = await watcher.updates(timeout=2.0)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    if fresh is not None and marked:  # the last message is gone (deleted by hand)
+                        log.warning("policy_load_short", revision=revision, target=target)
+                        target = revision
+                    elif (await self._js.stream_info(self._stream)).state.last_seq > self.revision:
+                        log.warning("policy_watch_restarted", revision=self.revision)
+                        return  # quiet but behind: the consumer was lost (server restart)
+                    continue
+                if entry is None:
+                    marked = True
                     continue
                 seq = entry.revision or 0
                 if seq <= revision:
@@ -167,18 +175,26 @@ class PolicyStore:
         return stored
 
     async def history(self, name: str) -> list[PolicyRevision]:
-        try:
-            entries = await self._kv.history(name)
-        except js_errors.NoKeysError:
-            raise NotFound(name) from None
-        out = []
-        for e in entries:
-            stored = _decode(name, e.value or b"", e.revision or 0)
-            if e.operation in _DELETED:
-                base = stored or PolicyRevision(name=name, revision=0, version=0, time=_now())
-                stored = msgspec.structs.replace(base, revision=e.revision or 0, deleted=True, policy=None)
+        """Every change the bucket still keeps, oldest first, read message by message.
+
+        (KeyValue.history() uses a watcher that can report "no keys" while the messages are still
+        on their way to the client; reading the stream directly has no such race.)
+        """
+        subject, out, seq = f"$KV.{self._bucket}.{name}", [], 1
+        while True:
+            try:
+                msg = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True)
+            except js_errors.NotFoundError:
+                break
+            seq = (msg.seq or seq) + 1
+            stored = _decode(name, msg.data or b"", msg.seq or 0)
+            if (msg.headers or {}).get(_KV_OP) in _DELETED:
+                base = stored or PolicyRevision(name=name, revision=0, version=0, time=msg.time or _now())
+                stored = msgspec.structs.replace(base, revision=msg.seq or 0, deleted=True, policy=None)
             if stored is not None:
                 out.append(stored)
+        if not out:
+            raise NotFound(name)
         return out
 
     async def put(self, policy: Policy, client: str, expected: int | None = None) -> PolicyRevision:
