@@ -105,8 +105,69 @@ static int judge_exec(int dirfd, const char *path, char *const argv[], int follo
     return 0;
 }
 
+/* -- keeping LD_PRELOAD -------------------------------------------------------------------------------
+ * Where the library came in through LD_PRELOAD (musl containers: their loader ignores
+ * /etc/ld.so.preload), a program must not shed it by exec'ing with a cleaned environment: the
+ * exec calls put our entry back. Loaded through /etc/ld.so.preload, there is nothing to keep. */
+static char preload_entry[HOOK_PATH_MAX + 16]; /* "LD_PRELOAD=<value that named us>", or empty */
+static size_t preload_len;
+
 /* Resolved at start-up: a forked child would otherwise look it up after every fork. */
-void hook_resolve_exec(void) { (void)REAL(execve); }
+void hook_resolve_exec(const char *self)
+{
+    (void)REAL(execve);
+    const char *value = getenv("LD_PRELOAD");
+    size_t n = value ? strlen(value) : 0;
+    if (!self || !*self || !value || !strstr(value, self) || n + 12 > sizeof preload_entry)
+        return;
+    memcpy(preload_entry, "LD_PRELOAD=", 11);
+    memcpy(preload_entry + 11, value, n + 1);
+    preload_len = 11 + n;
+}
+
+static int keeps_us(const char *entry) { return !strncmp(entry, "LD_PRELOAD=", 11) && strstr(entry, preload_entry + 11); }
+
+/* envp, or a copy in `out` (room for count + 2 pointers) whose LD_PRELOAD names us again; `joined`
+ * holds a combined entry when the program set an LD_PRELOAD of its own. */
+static char *const *with_preload(char *const envp[], char **out, size_t count, char *joined, size_t room)
+{
+    size_t k = 0, mine = SIZE_MAX;
+    for (size_t i = 0; i < count; i++) {
+        if (keeps_us(envp[i]))
+            return envp;
+        if (!strncmp(envp[i], "LD_PRELOAD=", 11))
+            mine = i;
+        out[k++] = envp[i];
+    }
+    if (mine != SIZE_MAX && preload_len + 1 + strlen(envp[mine] + 11) < room) {
+        /* ours first, then theirs */
+        memcpy(joined, preload_entry, preload_len);
+        joined[preload_len] = ' ';
+        strcpy(joined + preload_len + 1, envp[mine] + 11);
+        out[mine] = joined;
+    } else {
+        out[k++] = preload_entry;
+    }
+    out[k] = NULL;
+    return out;
+}
+
+static size_t env_count(char *const envp[])
+{
+    size_t n = 0;
+    while (envp && envp[n])
+        n++;
+    return n;
+}
+
+/* Declares `name`: envp, or the copy that keeps LD_PRELOAD (stack only). */
+#define KEEP_PRELOAD(name, envp)                                                                              \
+    size_t name##_n = preload_len ? env_count(envp) : 0;                                                      \
+    char *name##_copy[name##_n + 2];                                                                          \
+    char name##_joined[preload_len ? HOOK_PATH_MAX : 1];                                                      \
+    char *const *name = preload_len && (envp) ? with_preload((envp), name##_copy, name##_n, name##_joined,   \
+                                                             sizeof name##_joined)                            \
+                                              : (envp)
 
 /* What execvp would run: the first executable candidate along PATH. */
 static int search(const char *file, char *out)
@@ -164,28 +225,32 @@ HOOK_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
     if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
-    return REAL(execve)(path, argv, envp);
+    KEEP_PRELOAD(env, envp);
+    return REAL(execve)(path, argv, env);
 }
 
 HOOK_EXPORT int execv(const char *path, char *const argv[])
 {
     if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
-    return REAL(execv)(path, argv);
+    KEEP_PRELOAD(env, environ);
+    return REAL(execve)(path, argv, env);
 }
 
 HOOK_EXPORT int execvp(const char *file, char *const argv[])
 {
     if (hook_enter() && JUDGE(judge_search(file, argv)))
         return -1;
-    return REAL(execvp)(file, argv);
+    KEEP_PRELOAD(env, environ);
+    return env == environ ? REAL(execvp)(file, argv) : REAL(execvpe)(file, argv, env);
 }
 
 HOOK_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     if (hook_enter() && JUDGE(judge_search(file, argv)))
         return -1;
-    return REAL(execvpe)(file, argv, envp);
+    KEEP_PRELOAD(env, envp);
+    return REAL(execvpe)(file, argv, env);
 }
 
 /* execl and friends: gather the arguments, then judge as the vector form. */
@@ -208,7 +273,8 @@ HOOK_EXPORT int execl(const char *path, const char *arg, ...)
     va_end(ap);
     if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
-    return REAL(execve)(path, argv, environ);
+    KEEP_PRELOAD(env, environ);
+    return REAL(execve)(path, argv, env);
 }
 
 HOOK_EXPORT int execlp(const char *file, const char *arg, ...)
@@ -218,7 +284,8 @@ HOOK_EXPORT int execlp(const char *file, const char *arg, ...)
     va_end(ap);
     if (hook_enter() && JUDGE(judge_search(file, argv)))
         return -1;
-    return REAL(execvp)(file, argv);
+    KEEP_PRELOAD(env, environ);
+    return env == environ ? REAL(execvp)(file, argv) : REAL(execvpe)(file, argv, env);
 }
 
 HOOK_EXPORT int execle(const char *path, const char *arg, ...)
@@ -229,14 +296,16 @@ HOOK_EXPORT int execle(const char *path, const char *arg, ...)
     va_end(ap);
     if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
-    return REAL(execve)(path, argv, envp);
+    KEEP_PRELOAD(env, envp);
+    return REAL(execve)(path, argv, env);
 }
 
 HOOK_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     if (hook_enter() && JUDGE(judge_exec(fd, "", argv, 1)))
         return -1;
-    return REAL(fexecve)(fd, argv, envp);
+    KEEP_PRELOAD(env, envp);
+    return REAL(fexecve)(fd, argv, env);
 }
 
 #ifndef PREGUARD_MUSL
@@ -244,9 +313,10 @@ HOOK_EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *
 {
     if (hook_enter() && JUDGE(judge_exec(dirfd, path, argv, !(flags & AT_SYMLINK_NOFOLLOW))))
         return -1;
+    KEEP_PRELOAD(env, envp);
     if (!REAL(execveat))
-        return (int)hook_sys(SYS_execveat, dirfd, (long)path, (long)argv, (long)envp, flags, 0);
-    return real_execveat(dirfd, path, argv, envp, flags);
+        return (int)hook_sys(SYS_execveat, dirfd, (long)path, (long)argv, (long)env, flags, 0);
+    return real_execveat(dirfd, path, argv, env, flags);
 }
 #endif
 
@@ -260,7 +330,8 @@ HOOK_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file
             return EACCES; /* posix_spawn reports the error number, errno stays */
         }
     }
-    return REAL(posix_spawn)(pid, path, actions, attr, argv, envp);
+    KEEP_PRELOAD(env, envp);
+    return REAL(posix_spawn)(pid, path, actions, attr, argv, env);
 }
 
 HOOK_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
@@ -273,7 +344,8 @@ HOOK_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_fil
             return EACCES;
         }
     }
-    return REAL(posix_spawnp)(pid, file, actions, attr, argv, envp);
+    KEEP_PRELOAD(env, envp);
+    return REAL(posix_spawnp)(pid, file, actions, attr, argv, env);
 }
 
 /* system and popen run /bin/sh -c: the shell is judged here, and what it runs is judged in the shell,

@@ -86,7 +86,7 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
 /* -- file.c: judging a path operation (exec.c and net.c use it too) ------------------------------- */
 int hook_judge_file(int dirfd, const char *path, int bits, int follow); /* 0, or -1 with errno set */
 void hook_resolve_early(void);
-void hook_resolve_exec(void);
+void hook_resolve_exec(const char *self); /* self: the file name we were loaded as */
 
 /* raw system calls: never through the hooks, never touching another library's state */
 long hook_sys(long nr, long a, long b, long c, long d, long e, long f);

@@ -57,6 +57,8 @@ hook_fn hook_resolve(const char *name, hook_fn self)
     return p;
 }
 
+static char self_name[HOOK_PATH_MAX]; /* the file name we were loaded as */
+
 static void find_directory(void)
 {
     Dl_info info;
@@ -64,6 +66,9 @@ static void find_directory(void)
     static const char anchor = 0; /* any object of ours: dladdr names the file it lives in */
     if (!dladdr(&anchor, &info) || !info.dli_fname)
         return;
+    size_t name_len = strnlen(info.dli_fname, sizeof self_name - 1);
+    memcpy(self_name, info.dli_fname, name_len);
+    self_name[name_len] = 0;
     size_t n = strnlen(info.dli_fname, sizeof raw - 1);
     memcpy(raw, info.dli_fname, n);
     raw[n] = 0;
@@ -82,7 +87,7 @@ static void do_init(void)
     long n = hook_sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)hook_exe, sizeof hook_exe, 0, 0);
     hook_exe_len = n > 0 ? (size_t)n : 0;
     hook_resolve_early();
-    hook_resolve_exec();
+    hook_resolve_exec(self_name);
     (void)hook_rules(); /* maps control and rules */
     errno = saved;
 }

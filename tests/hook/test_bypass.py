@@ -220,3 +220,12 @@ def test_the_library_files_and_ld_so_preload_are_protected_from_writes(guard: Gu
     events = guard.events()
     assert {(e.kind, e.action, e.rule_id) for e in events} == {(Kind.TAMPER, Outcome.BLOCKED, NO_RULE)}
     assert "/etc/ld.so.preload" in {e.target for e in events}
+
+
+@pytest.mark.parametrize("strip", [["-i"], ["-u", "LD_PRELOAD"], ["LD_PRELOAD=/nonexistent.so"]])
+def test_exec_with_ld_preload_stripped_keeps_the_library(
+    blocked: Guard, secret: Path, strip: list[str]
+) -> None:
+    # musl containers load the library through LD_PRELOAD only: a cleaned environment must not shed it
+    out = blocked.run(["/usr/bin/env", *strip, "/usr/bin/cat", str(secret)])
+    assert "Permission denied" in out.stderr and out.stdout == ""
