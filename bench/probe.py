@@ -71,6 +71,7 @@ def probe_process(url: str, prefix: str, host: str, scope: str, **extra: str) ->
         "PREGUARD_PREFIX": prefix,
         "PREGUARD_HOST": host,
         "PREGUARD_SCOPE": f"{LABEL}={scope}",
+        "PREGUARD_KEEPER": "off",
         **extra,
     }
     proc = subprocess.Popen(

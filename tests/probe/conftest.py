@@ -45,7 +45,13 @@ def host() -> str:
 
 @pytest.fixture
 def probe_settings(host: str, scope: str) -> ProbeSettings:
-    return ProbeSettings(host=host, scope=f"{SCOPE_LABEL}={scope}", status_interval=0.5, tamper_interval=0.2)
+    return ProbeSettings(
+        host=host,
+        scope=f"{SCOPE_LABEL}={scope}",
+        status_interval=0.5,
+        tamper_interval=0.2,
+        keeper="off",  # a test that wants one names its own socket
+    )
 
 
 StartProbe = Callable[..., Awaitable[Probe]]

@@ -31,6 +31,7 @@ async def probe_with_caps(nats_url: str, subjects: Subjects, host: str, scope: s
             "PREGUARD_PREFIX": subjects.prefix,
             "PREGUARD_HOST": host,
             "PREGUARD_SCOPE": f"{SCOPE_LABEL}={scope}",
+            "PREGUARD_KEEPER": "off",
             "PREGUARD_STATUS_INTERVAL": "0.5",
         }
         procs.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -166,6 +167,7 @@ async def test_a_killed_probe_leaves_enforcement_in_place_and_a_restarted_one_re
         "PREGUARD_PREFIX": subjects.prefix,
         "PREGUARD_HOST": host,
         "PREGUARD_SCOPE": f"{SCOPE_LABEL}={scope}",
+        "PREGUARD_KEEPER": "off",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "preguard.probe", env=env, stderr=asyncio.subprocess.DEVNULL
@@ -216,3 +218,36 @@ async def test_musl_container_started_with_the_volume_is_enforced(
         assert (e.kind, e.target, e.policy, e.exe) == (Kind.FILE, "/etc/shadow", "lockdown", "/usr/bin/hello")
     finally:
         await c.delete(force=True, v=True)
+
+
+async def test_records_written_while_no_probe_runs_are_delivered_by_the_next_one(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    tmp_path: Path,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    c = await container(glibc_image, SETUP)
+    keeper = str(tmp_path / "keeper.sock")
+    first = await start_probe(keeper=keeper)
+    keeper_pid = first.keeper_pid
+    assert keeper_pid is not None
+    try:
+        await injected(c)
+        await first.stop()
+        code, _ = await run_in(c, "/bin/cat", "/etc/shadow")  # denied while no probe runs
+        assert code != 0
+        sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+        second = await start_probe(keeper=keeper)
+        assert second.keeper_pid == keeper_pid  # the same keeper, found again
+        e = await one_event(sub)
+        assert (e.target, e.exe, e.policy) == ("/etc/shadow", "/usr/bin/cat", "lockdown")
+    finally:
+        os.kill(keeper_pid, signal.SIGTERM)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(keeper_pid, 0)  # the probe spawned it from this process

@@ -43,7 +43,7 @@ async def test_events_written_while_nats_is_down_are_published_when_it_returns(
     policy = Policy(
         name="p", selector=Selector(labels={SCOPE_LABEL: scope}), rules=[FileRule(path="/etc/shadow")]
     )
-    settings = ProbeSettings(host=host, scope=f"{SCOPE_LABEL}={scope}", status_interval=0.5)
+    settings = ProbeSettings(host=host, scope=f"{SCOPE_LABEL}={scope}", status_interval=0.5, keeper="off")
     with run_nats_server(tmp_path, port) as url:
         admin = await nats.connect(url)
         await ensure_streams(admin.jetstream(), subjects)

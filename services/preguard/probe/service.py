@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiodocker
 import msgspec
@@ -19,6 +20,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from preguard.probe import coverage, inject
 from preguard.probe.docker import Watcher
 from preguard.probe.guarded import Tracked
+from preguard.probe.keeper import KeeperClient
 from preguard.probe.libc import detect, missing_libraries, needed_libraries
 from preguard.probe.pipes import PipeReader
 from preguard.probe.publisher import Publisher
@@ -75,11 +77,17 @@ class Probe:
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._bundle_sub: object = None
+        self._keeper = KeeperClient(Path(settings.keeper)) if settings.keeper != "off" else None
 
     @property
     def held_events(self) -> int:
         """Events waiting for NATS (while it is unreachable)."""
         return self._publisher.held
+
+    @property
+    def keeper_pid(self) -> int | None:
+        """The pid of the process holding the pipes open between probes, when there is one."""
+        return self._keeper.pid() if self._keeper is not None else None
 
     @property
     def docker_connected(self) -> bool:
@@ -100,6 +108,8 @@ class Probe:
             log.info("bundle_missing", subject=subject)
         except msgspec.DecodeError as exc:
             log.error("bundle_refused", subject=subject, error=str(exc))
+        if self._keeper is not None and not await asyncio.to_thread(self._keeper.connect):
+            log.warning("keeper_unavailable", socket=str(self._keeper.path))
         self._runner = asyncio.create_task(self._run())  # hosts the TaskGroup that owns the loops
         synced = asyncio.ensure_future(self._watcher.synced.wait())
         # an unreachable engine is retried in the background: the probe still heartbeats meanwhile
@@ -130,6 +140,8 @@ class Probe:
         for tracked in self.containers.values():
             tracked.close()
         self.containers.clear()
+        if self._keeper is not None:
+            self._keeper.close()  # it keeps holding the pipes for the next probe
         log.info("probe_stopped", host=self.host)
 
     async def _run(self) -> None:
@@ -181,12 +193,16 @@ class Probe:
     async def _on_gone(self, cid: str) -> None:
         if (tracked := self.containers.pop(cid, None)) is not None:
             tracked.close()
+            if self._keeper is not None:
+                self._keeper.drop(cid)
             self._changed.set()
             log.info("container_gone", container_id=cid[:12])
 
     async def _on_resync(self, running: set[str]) -> None:
         for cid in set(self.containers) - running:
             await self._on_gone(cid)
+        if self._keeper is not None:
+            self._keeper.only(sorted(running))
 
     def _examine(self, tracked: Tracked) -> None:
         """Root, libc and whether the library can work here; refuse with the reason otherwise."""
@@ -268,6 +284,8 @@ class Probe:
         revision = self.bundle.revision if self.bundle else 0
         inject.uninstall(tracked.root, compile_rules([], revision), keep_library=tracked.volume)
         tracked.close_reader()
+        if self._keeper is not None:
+            self._keeper.drop(tracked.info.id)
         tracked.guarded, tracked.revision, tracked.installed = False, 0, inject.Installed()
         log.info("container_ejected")
 
@@ -279,6 +297,8 @@ class Probe:
             self._publisher.submit(key, subject, tracked.to_events(records, self.host))
 
         tracked.reader = PipeReader(inject.open_pipe(tracked.root), on_records)
+        if self._keeper is not None:  # hold the pipe open for the next probe before reading it
+            self._keeper.keep(key, tracked.reader.fd)
         tracked.reader.start(asyncio.get_running_loop())
 
     def _on_drop(self, key: str, count: int) -> None:

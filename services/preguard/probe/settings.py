@@ -26,6 +26,7 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
     buffer_events: int = 100_000  # events held while NATS is unreachable; beyond: counted drops
     batch_events: int = 256  # events per NATS message at most (a message is an Event or a list)
     docker_url: str | None = None  # default: DOCKER_HOST or the local socket
+    keeper: str = "/run/preguard/keeper.sock"  # the pipe keeper's socket; "off": no keeper
     scope: str = ""  # PREGUARD_SCOPE: only containers with this label ("key" or "key=value"); "" = all
     proc: str = "/proc"  # where the host's processes are seen (the probe needs the host PID namespace)
 
