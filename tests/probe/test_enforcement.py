@@ -250,4 +250,4 @@ async def test_records_written_while_no_probe_runs_are_delivered_by_the_next_one
     finally:
         os.kill(keeper_pid, signal.SIGTERM)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(keeper_pid, 0)  # the probe spawned it from this process
+            await asyncio.to_thread(os.waitpid, keeper_pid, 0)  # the probe spawned it from here
