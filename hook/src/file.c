@@ -405,6 +405,81 @@ HOOK_EXPORT int renameat2(int fd1, const char *from, int fd2, const char *to, un
 }
 #endif
 
+/* -- other ways libc creates, removes or changes a path through its internal calls ------------------ */
+HOOK_EXPORT int remove(const char *path)
+{
+    if (hook_enter() && JUDGE(hook_judge_file(AT_FDCWD, path, WRITE, 0)))
+        return -1;
+    return CHANGING(REAL(remove)(path));
+}
+
+/* The template names the directory the file appears in: a rule on /var/www and everything below
+ * covers the template /var/www/tXXXXXX. */
+#define TEMPLATE_HOOK(ret, name, params, args, fail)                                                          \
+    HOOK_EXPORT ret name params                                                                               \
+    {                                                                                                         \
+        if (hook_enter() && JUDGE(hook_judge_file(AT_FDCWD, tmpl, WRITE, 0)))                                 \
+            return fail;                                                                                      \
+        return REAL(name) args;                                                                               \
+    }
+TEMPLATE_HOOK(int, mkstemp, (char *tmpl), (tmpl), -1)
+TEMPLATE_HOOK(int, mkostemp, (char *tmpl, int flags), (tmpl, flags), -1)
+TEMPLATE_HOOK(int, mkstemps, (char *tmpl, int suffix), (tmpl, suffix), -1)
+TEMPLATE_HOOK(int, mkostemps, (char *tmpl, int suffix, int flags), (tmpl, suffix, flags), -1)
+TEMPLATE_HOOK(char *, mkdtemp, (char *tmpl), (tmpl), NULL)
+#ifndef PREGUARD_MUSL
+int mkstemp64(char *tmpl);
+int mkostemp64(char *tmpl, int flags);
+int mkstemps64(char *tmpl, int suffix);
+int mkostemps64(char *tmpl, int suffix, int flags);
+TEMPLATE_HOOK(int, mkstemp64, (char *tmpl), (tmpl), -1)
+TEMPLATE_HOOK(int, mkostemp64, (char *tmpl, int flags), (tmpl, flags), -1)
+TEMPLATE_HOOK(int, mkstemps64, (char *tmpl, int suffix), (tmpl, suffix), -1)
+TEMPLATE_HOOK(int, mkostemps64, (char *tmpl, int suffix, int flags), (tmpl, suffix, flags), -1)
+#endif
+
+HOOK_EXPORT int mknod(const char *path, mode_t mode, dev_t dev)
+{
+    if (hook_enter() && JUDGE(hook_judge_file(AT_FDCWD, path, WRITE, 0)))
+        return -1;
+    return REAL(mknod)(path, mode, dev);
+}
+
+HOOK_EXPORT int mknodat(int dirfd, const char *path, mode_t mode, dev_t dev)
+{
+    if (hook_enter() && JUDGE(hook_judge_file(dirfd, path, WRITE, 0)))
+        return -1;
+    return REAL(mknodat)(dirfd, path, mode, dev);
+}
+
+#ifndef PREGUARD_MUSL
+/* glibc before 2.33 inlined mknod into these */
+int __xmknod(int ver, const char *path, mode_t mode, dev_t *dev);
+int __xmknodat(int ver, int dirfd, const char *path, mode_t mode, dev_t *dev);
+HOOK_EXPORT int __xmknod(int ver, const char *path, mode_t mode, dev_t *dev)
+{
+    if (hook_enter() && JUDGE(hook_judge_file(AT_FDCWD, path, WRITE, 0)))
+        return -1;
+    return REAL(__xmknod)(ver, path, mode, dev);
+}
+
+HOOK_EXPORT int __xmknodat(int ver, int dirfd, const char *path, mode_t mode, dev_t *dev)
+{
+    if (hook_enter() && JUDGE(hook_judge_file(dirfd, path, WRITE, 0)))
+        return -1;
+    return REAL(__xmknodat)(ver, dirfd, path, mode, dev);
+}
+#endif
+
+/* A mode change needs no write access to the file, so a read-only descriptor would get around a
+ * write rule: judge the path the descriptor names. */
+HOOK_EXPORT int fchmod(int fd, mode_t mode)
+{
+    if (hook_enter() && JUDGE(hook_judge_file(fd, "", WRITE, 1)))
+        return -1;
+    return REAL(fchmod)(fd, mode);
+}
+
 /* the working directory is cached for relative paths: moving it drops the cache */
 HOOK_EXPORT int chdir(const char *path)
 {

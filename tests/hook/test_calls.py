@@ -85,13 +85,68 @@ PATH_OPS = {
     "symlink": (["/etc/hostname", "newlink"], "newlink"),
     "symlinkat": (["/etc/hostname", "newlink"], "newlink"),
     "rmdir": (["emptydir"], "emptydir"),
+    "remove": (["public"], "public"),
+    "fchmod": (["public"], "public"),
+    "mknod": (["fifo"], "fifo"),
+    "mknodat": (["fifo"], "fifo"),
 }
+
+
+@pytest.mark.parametrize("call", ["mkstemp", "mkostemp", "mkstemps", "mkdtemp"])
+def test_temporary_files_and_directories_are_judged_by_their_template(
+    guard: Guard, calls: Path, files: Path, call: str
+) -> None:
+    guard.install(policy({"kind": "file", "path": f"{files}/**", "access": "write"}))
+    assert guard.run([calls, call, files]).stdout == "err 13\n"
+    assert sorted(p.name for p in files.iterdir()) == ["public", "secret"]
+    assert guard.events()[0].target == f"{files}/tXXXXXX" + (".s" if call == "mkstemps" else "")
+    guard.install(policy({"kind": "file", "path": "/elsewhere/**", "access": "write"}))
+    assert guard.run([calls, call, files]).stdout == "ok\n"
+
+
+NATURAL_FAILURES = [
+    ["open", "/nonexistent/x", ""],
+    ["open_2", "/etc", "w"],
+    ["openat", "/nonexistent", "x", ""],
+    ["fopen", "/nonexistent/x", "r"],
+    ["unlink", "/nonexistent/x"],
+    ["rename", "/nonexistent/x", "/tmp/y"],
+    ["execve", "/nonexistent/x"],
+    ["execvp", "no-such-program-anywhere"],
+    ["posix_spawnp", "no-such-program-anywhere"],
+    ["connect", "4", "127.0.0.1", "1"],
+]
+
+
+@pytest.mark.parametrize("argv", NATURAL_FAILURES, ids=lambda a: a[0])
+def test_calls_the_rules_allow_fail_exactly_as_without_the_library(
+    guard: Guard, calls: Path, files: Path, argv: list[str]
+) -> None:
+    # rules of every kind exist, none matches: errno and output are the kernel's own
+    guard.install(
+        policy(
+            {"kind": "file", "path": f"{files}/secret"},
+            {"kind": "process", "name": "nothing-like-this"},
+            {"kind": "network", "cidr": "10.9.9.9/32"},
+        )
+    )
+    hooked, plain = guard.run([calls, *argv]), guard.run([calls, *argv], hooked=False)
+    assert (hooked.stdout, hooked.returncode) == (plain.stdout, plain.returncode)
+    assert guard.events() == []
+
+
+def test_a_vfork_child_blocked_from_exec_leaves_the_parent_intact(guard: Guard, calls: Path) -> None:
+    guard.install(policy({"kind": "process", "path": "/usr/bin/true"}))
+    assert guard.run([calls, "vfork", "/usr/bin/true"]).stdout == "child 13\nok\n"
+    [event] = guard.events()
+    assert event.target == "/usr/bin/true"
 
 
 @pytest.mark.parametrize("call", sorted(PATH_OPS))
 def test_path_operations_are_writes(guard: Guard, calls: Path, files: Path, call: str) -> None:
     args, protected = PATH_OPS[call]
     (files / "emptydir").mkdir()
+    (files / "public").chmod(0o644)
     before = {p.name: p.lstat().st_mode for p in files.iterdir()}
     guard.install(policy({"kind": "file", "path": str(files / protected), "access": "write"}))
     argv = [a if a.startswith("/") else str(files / a) for a in args]

@@ -194,6 +194,40 @@ int main(int argc, char **argv)
         return report(chmod(a, 0600));
     if (!strcmp(c, "fchmodat"))
         return report(fchmodat(AT_FDCWD, a, 0600, 0));
+    if (!strcmp(c, "fchmod")) {
+        int fd = open(a, O_RDONLY, 0);
+        return report(fd < 0 ? fd : fchmod(fd, 0600));
+    }
+    if (!strcmp(c, "remove"))
+        return report(remove(a));
+    if (!strcmp(c, "mknod"))
+        return report(mknod(a, S_IFIFO | 0600, 0));
+    if (!strcmp(c, "mknodat"))
+        return report(mknodat(AT_FDCWD, a, S_IFIFO | 0600, 0));
+    if (!strcmp(c, "mkstemp") || !strcmp(c, "mkostemp") || !strcmp(c, "mkstemps") || !strcmp(c, "mkdtemp")) {
+        char tmpl[4096];
+        snprintf(tmpl, sizeof tmpl, "%s/tXXXXXX%s", a, !strcmp(c, "mkstemps") ? ".s" : "");
+        if (!strcmp(c, "mkdtemp"))
+            return report(mkdtemp(tmpl) ? 0 : -1);
+        int fd = !strcmp(c, "mkstemp")    ? mkstemp(tmpl)
+                 : !strcmp(c, "mkostemp") ? mkostemp(tmpl, O_CLOEXEC)
+                                          : mkstemps(tmpl, 2);
+        return report_fd(fd);
+    }
+    /* vfork PROGRAM: a vfork child execs PROGRAM; prints the child's errno from a failed exec */
+    if (!strcmp(c, "vfork")) {
+        pid_t pid = vfork();
+        if (pid == 0) {
+            char *const args[] = {(char *)a, NULL};
+            execv(a, args);
+            _exit(errno == EACCES ? 13 : 127);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        printf("child %d\n", WEXITSTATUS(status));
+        int fd = open(a, O_RDONLY, 0); /* the parent goes on judging normally */
+        return report_fd(fd);
+    }
     /* exec family: on success the program runs and its output is the result */
     fflush(stdout);
     if (!strcmp(c, "execve"))
