@@ -46,8 +46,9 @@ static int is_loader(const char *p, size_t n)
 /* The program a dynamic loader is asked to run: its first argument that is not an option. */
 static const char *loader_program(char *const argv[])
 {
-    static const char *const with_value[] = {"--library-path", "--inhibit-rpath", "--audit", "--preload",
-                                             "--argv0", "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask", NULL};
+    static const char *const with_value[] = {
+        "--library-path",         "--inhibit-rpath",     "--audit", "--preload", "--argv0",
+        "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask", NULL};
     if (!argv || !argv[0])
         return NULL;
     for (int i = 1; argv[i]; i++) {
@@ -125,7 +126,10 @@ void hook_resolve_exec(const char *self)
     preload_len = 11 + n;
 }
 
-static int keeps_us(const char *entry) { return !strncmp(entry, "LD_PRELOAD=", 11) && strstr(entry, preload_entry + 11); }
+static int keeps_us(const char *entry)
+{
+    return !strncmp(entry, "LD_PRELOAD=", 11) && strstr(entry, preload_entry + 11);
+}
 
 /* envp, or a copy in `out` (room for count + 2 pointers) whose LD_PRELOAD names us again; `joined`
  * holds a combined entry when the program set an LD_PRELOAD of its own. */
@@ -161,13 +165,13 @@ static size_t env_count(char *const envp[])
 }
 
 /* Declares `name`: envp, or the copy that keeps LD_PRELOAD (stack only). */
-#define KEEP_PRELOAD(name, envp)                                                                              \
-    size_t name##_n = preload_len ? env_count(envp) : 0;                                                      \
-    char *name##_copy[name##_n + 2];                                                                          \
-    char name##_joined[preload_len ? HOOK_PATH_MAX : 1];                                                      \
-    char *const *name = preload_len && (envp) ? with_preload((envp), name##_copy, name##_n, name##_joined,   \
-                                                             sizeof name##_joined)                            \
-                                              : (envp)
+#define KEEP_PRELOAD(name, envp)                                                                                       \
+    size_t name##_n = preload_len ? env_count(envp) : 0;                                                               \
+    char *name##_copy[name##_n + 2];                                                                                   \
+    char name##_joined[preload_len ? HOOK_PATH_MAX : 1];                                                               \
+    char *const *name = preload_len && (envp)                                                                          \
+                            ? with_preload((envp), name##_copy, name##_n, name##_joined, sizeof name##_joined)         \
+                            : (envp)
 
 /* What execvp would run: the first executable candidate along PATH. */
 static int search(const char *file, char *out)
@@ -211,14 +215,14 @@ static int judge_search(const char *file, char *const argv[])
 }
 
 /* Runs judge under the guard: 0 to go on (errno as it was), -1 when blocked (errno set). */
-#define JUDGE(expr)                                                                                           \
-    __extension__({                                                                                           \
-        hook_init();                                                                                          \
-        int saved_ = errno, rc_ = (expr);                                                                     \
-        hook_leave();                                                                                         \
-        if (!rc_)                                                                                             \
-            errno = saved_;                                                                                   \
-        rc_;                                                                                                  \
+#define JUDGE(expr)                                                                                                    \
+    __extension__({                                                                                                    \
+        hook_init();                                                                                                   \
+        int saved_ = errno, rc_ = (expr);                                                                              \
+        hook_leave();                                                                                                  \
+        if (!rc_)                                                                                                      \
+            errno = saved_;                                                                                            \
+        rc_;                                                                                                           \
     })
 
 HOOK_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
@@ -254,16 +258,16 @@ HOOK_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]
 }
 
 /* execl and friends: gather the arguments, then judge as the vector form. */
-#define GATHER(first, ap, argv, count)                                                                        \
-    size_t count = 1;                                                                                         \
-    va_start(ap, first);                                                                                      \
-    while (va_arg(ap, char *))                                                                                \
-        count++;                                                                                              \
-    va_end(ap);                                                                                               \
-    char *argv[count + 1];                                                                                    \
-    argv[0] = (char *)first;                                                                                  \
-    va_start(ap, first);                                                                                      \
-    for (size_t i_ = 1; i_ <= count; i_++)                                                                    \
+#define GATHER(first, ap, argv, count)                                                                                 \
+    size_t count = 1;                                                                                                  \
+    va_start(ap, first);                                                                                               \
+    while (va_arg(ap, char *))                                                                                         \
+        count++;                                                                                                       \
+    va_end(ap);                                                                                                        \
+    char *argv[count + 1];                                                                                             \
+    argv[0] = (char *)first;                                                                                           \
+    va_start(ap, first);                                                                                               \
+    for (size_t i_ = 1; i_ <= count; i_++)                                                                             \
         argv[i_] = va_arg(ap, char *);
 
 HOOK_EXPORT int execl(const char *path, const char *arg, ...)

@@ -1,14 +1,14 @@
 /* Every spelling of opening a file or changing a path: open/openat and their 64-bit and fortified
  * variants, creat, fopen/freopen, truncate, rename, link, symlink, unlink, rmdir, mkdir, chmod. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "hook.h"
@@ -221,14 +221,14 @@ static int stdio_bits(const char *mode, int *excl)
 }
 
 /* Judge under the guard; returns 0 to go on (errno restored) or -1 with errno set. */
-#define JUDGE(expr)                                                                                           \
-    __extension__({                                                                                                        \
-        hook_init();                                                                                          \
-        int saved_ = errno, rc_ = (expr);                                                                     \
-        hook_leave();                                                                                         \
-        if (!rc_)                                                                                             \
-            errno = saved_;                                                                                   \
-        rc_;                                                                                                  \
+#define JUDGE(expr)                                                                                                    \
+    __extension__({                                                                                                    \
+        hook_init();                                                                                                   \
+        int saved_ = errno, rc_ = (expr);                                                                              \
+        hook_leave();                                                                                                  \
+        if (!rc_)                                                                                                      \
+            errno = saved_;                                                                                            \
+        rc_;                                                                                                           \
     })
 
 static int judge_stdio(const char *path, const char *mode)
@@ -274,14 +274,14 @@ static int judge_two(int d1, const char *p1, int bits1, int follow1, int d2, con
 }
 
 /* A call that renames or removes: drop cached path facts before and after it. */
-#define CHANGING(expr)                                                                                        \
-    __extension__({                                                                                                        \
-        hook_fs_changed();                                                                                    \
-        int rc2_ = (expr);                                                                                    \
-        int e2_ = errno;                                                                                      \
-        hook_fs_changed();                                                                                    \
-        errno = e2_;                                                                                          \
-        rc2_;                                                                                                 \
+#define CHANGING(expr)                                                                                                 \
+    __extension__({                                                                                                    \
+        hook_fs_changed();                                                                                             \
+        int rc2_ = (expr);                                                                                             \
+        int e2_ = errno;                                                                                               \
+        hook_fs_changed();                                                                                             \
+        errno = e2_;                                                                                                   \
+        rc2_;                                                                                                          \
     })
 
 HOOK_EXPORT int truncate(const char *path, off_t len)
@@ -415,12 +415,12 @@ HOOK_EXPORT int remove(const char *path)
 
 /* The template names the directory the file appears in: a rule on /var/www and everything below
  * covers the template /var/www/tXXXXXX. */
-#define TEMPLATE_HOOK(ret, name, params, args, fail)                                                          \
-    HOOK_EXPORT ret name params                                                                               \
-    {                                                                                                         \
-        if (hook_enter() && JUDGE(hook_judge_file(AT_FDCWD, tmpl, WRITE, 0)))                                 \
-            return fail;                                                                                      \
-        return REAL(name) args;                                                                               \
+#define TEMPLATE_HOOK(ret, name, params, args, fail)                                                                   \
+    HOOK_EXPORT ret name params                                                                                        \
+    {                                                                                                                  \
+        if (hook_enter() && JUDGE(hook_judge_file(AT_FDCWD, tmpl, WRITE, 0)))                                          \
+            return fail;                                                                                               \
+        return REAL(name) args;                                                                                        \
     }
 TEMPLATE_HOOK(int, mkstemp, (char *tmpl), (tmpl), -1)
 TEMPLATE_HOOK(int, mkostemp, (char *tmpl, int flags), (tmpl, flags), -1)

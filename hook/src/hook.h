@@ -19,17 +19,17 @@ int hook_enter(void); /* 1: this thread is not inside the library; 0: pass strai
 void hook_leave(void);
 typedef void (*hook_fn)(void);
 hook_fn hook_resolve(const char *name, hook_fn self); /* dlsym(RTLD_NEXT); exits on ourselves */
-extern char hook_dir[HOOK_PATH_MAX];              /* canonical directory of the library */
+extern char hook_dir[HOOK_PATH_MAX];                  /* canonical directory of the library */
 extern size_t hook_dir_len;
 extern char hook_exe[PREGUARD_EXE_MAX];
 extern size_t hook_exe_len;
 
 /* Resolves a real_* pointer on first use, so hooked calls that arrive before the constructor work. */
-#define REAL(name)                                                                                            \
-    __extension__({                                                                                           \
-        if (!real_##name)                                                                                     \
-            real_##name = (__typeof__(real_##name))hook_resolve(#name, (hook_fn)&name);                       \
-        real_##name;                                                                                          \
+#define REAL(name)                                                                                                     \
+    __extension__({                                                                                                    \
+        if (!real_##name)                                                                                              \
+            real_##name = (__typeof__(real_##name))hook_resolve(#name, (hook_fn) & name);                              \
+        real_##name;                                                                                                   \
     })
 
 /* -- rules.c: the mapped rules and matching ------------------------------------------------------ */
@@ -46,14 +46,14 @@ struct hook_rules {
 struct hook_match {
     int action; /* PREGUARD_ACT_*, 0: nothing matched */
     uint32_t rule_id;
-    uint8_t bits; /* the winning entry's bits */
+    uint8_t bits;        /* the winning entry's bits */
     const char *subject; /* what matched (for the event's target) */
     size_t subject_len;
 };
 
 extern struct preguard_control *hook_control; /* NULL until the control file is mapped */
-const struct hook_rules *hook_rules(void); /* current rules (NULL: none); reloads on a new generation */
-int hook_control_writable(void); /* 0: mapped read-only, counters are not ours to touch */
+const struct hook_rules *hook_rules(void);    /* current rules (NULL: none); reloads on a new generation */
+int hook_control_writable(void);              /* 0: mapped read-only, counters are not ours to touch */
 uint64_t hook_fs_generation(void);
 void hook_fs_changed(void); /* a rename or removal: cached path facts are stale */
 int hook_wants(const struct hook_rules *r, int has_flag, int default_slot);
@@ -76,7 +76,7 @@ int hook_lexical(int dirfd, const char *path, char *out);
 void hook_cwd_changed(void);
 void hook_fd_closed(int fd); /* a descriptor number was closed or replaced */
 void hook_fds_closed(unsigned lo, unsigned hi);
-uint64_t hook_fd_epoch(int fd); /* moves whenever the number is closed or replaced through libc */
+uint64_t hook_fd_epoch(int fd);                       /* moves whenever the number is closed or replaced through libc */
 int hook_is_protected(const char *canon, size_t len); /* the library's own files, /etc/ld.so.preload */
 
 /* -- emit.c: event records ------------------------------------------------------------------------ */

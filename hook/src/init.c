@@ -27,10 +27,7 @@ size_t hook_exe_len;
 static __thread int in_hook __attribute__((tls_model("initial-exec")));
 static int init_state; /* 0: not started, 1: running, 2: done */
 
-long hook_sys(long nr, long a, long b, long c, long d, long e, long f)
-{
-    return syscall(nr, a, b, c, d, e, f);
-}
+long hook_sys(long nr, long a, long b, long c, long d, long e, long f) { return syscall(nr, a, b, c, d, e, f); }
 
 int hook_enter(void)
 {

@@ -120,14 +120,14 @@ static int judge_net(int fd, const struct sockaddr *addr, socklen_t len, int acc
     return 0;
 }
 
-#define JUDGE(expr)                                                                                           \
-    __extension__({                                                                                           \
-        hook_init();                                                                                          \
-        int saved_ = errno, rc_ = (expr);                                                                     \
-        hook_leave();                                                                                         \
-        if (!rc_)                                                                                             \
-            errno = saved_;                                                                                   \
-        rc_;                                                                                                  \
+#define JUDGE(expr)                                                                                                    \
+    __extension__({                                                                                                    \
+        hook_init();                                                                                                   \
+        int saved_ = errno, rc_ = (expr);                                                                              \
+        hook_leave();                                                                                                  \
+        if (!rc_)                                                                                                      \
+            errno = saved_;                                                                                            \
+        rc_;                                                                                                           \
     })
 
 HOOK_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
@@ -137,8 +137,7 @@ HOOK_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
     return REAL(connect)(fd, addr, len);
 }
 
-HOOK_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr,
-                           socklen_t len)
+HOOK_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
 {
     if (addr && hook_enter() && JUDGE(judge_net(fd, addr, len, PREGUARD_ACCESS_SEND, flags)))
         return -1;

@@ -202,8 +202,8 @@ const struct hook_rules *hook_rules(void)
     if (!control_writable)
         return fresh;
     uint64_t rev = fresh->hdr->revision, old = __atomic_load_n(&c->loaded_revision, __ATOMIC_RELAXED);
-    while (rev > old && !__atomic_compare_exchange_n(&c->loaded_revision, &old, rev, 1, __ATOMIC_RELAXED,
-                                                     __ATOMIC_RELAXED)) {
+    while (rev > old &&
+           !__atomic_compare_exchange_n(&c->loaded_revision, &old, rev, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
     }
     return fresh;
 }
@@ -270,8 +270,8 @@ static void consider(struct hook_match *m, const struct preguard_rule_entry *e, 
     }
 }
 
-static void probe(const struct hook_rules *r, uint64_t h, int type, const char *key, size_t klen,
-                  const char *subject, size_t slen, struct filter f, struct hook_match *m)
+static void probe(const struct hook_rules *r, uint64_t h, int type, const char *key, size_t klen, const char *subject,
+                  size_t slen, struct filter f, struct hook_match *m)
 {
     uint64_t hh = (h ^ (uint64_t)type) * PRIME;
     uint32_t idx = r->buckets[hh & (r->hdr->bucket_count - 1)];

@@ -112,8 +112,8 @@ struct preguard_rules_header {
     uint8_t default_action[4]; /* by PREGUARD_DEFAULT_*: PREGUARD_ACT_BLOCK denies what no entry admits */
     uint32_t default_rule[4];  /* rule_id reported for a default deny */
     uint32_t flags;            /* PREGUARD_RULES_HAS_* */
-    uint64_t net4_lens;    /* bit n: some IPv4 entry has prefix length n (0..32) */
-    uint64_t net6_lens[3]; /* bit n of the 192-bit set: some IPv6 entry has prefix length n (0..128) */
+    uint64_t net4_lens;        /* bit n: some IPv4 entry has prefix length n (0..32) */
+    uint64_t net6_lens[3];     /* bit n of the 192-bit set: some IPv6 entry has prefix length n (0..128) */
 };
 
 #define PREGUARD_RULES_HAS_FILE 1
@@ -145,14 +145,14 @@ struct preguard_control {
     uint32_t magic;
     uint16_t version;
     uint16_t size;
-    uint64_t generation;      /* bumped after a new rules file is in place */
-    uint64_t revision;        /* revision of the installed rules file */
-    uint64_t drops;           /* records the library could not write (pipe full, no reader) */
-    uint64_t rules_errors;    /* loads that found the rules file missing or corrupt */
-    uint64_t fs_generation;   /* bumped by renames and removals: invalidates cached path facts */
-    uint64_t loads;           /* rules loads done by processes */
-    uint64_t loaded_revision; /* the highest revision a process has loaded */
-    uint64_t events;          /* records written */
+    uint64_t generation;          /* bumped after a new rules file is in place */
+    uint64_t revision;            /* revision of the installed rules file */
+    uint64_t drops;               /* records the library could not write (pipe full, no reader) */
+    uint64_t rules_errors;        /* loads that found the rules file missing or corrupt */
+    uint64_t fs_generation;       /* bumped by renames and removals: invalidates cached path facts */
+    uint64_t loads;               /* rules loads done by processes */
+    uint64_t loaded_revision;     /* the highest revision a process has loaded */
+    uint64_t events;              /* records written */
     uint64_t verified_generation; /* the generation whose rules file a process checked in full */
     uint64_t verified_checksum;   /* and the checksum it found: later processes trust that file */
     uint64_t reserved[5];

@@ -33,7 +33,10 @@ static int denied(void)
     return errno == EACCES;
 }
 
-static int state(void) { return __atomic_load_n(&phase, __ATOMIC_SEQ_CST) * 2 + __atomic_load_n(&settled, __ATOMIC_SEQ_CST); }
+static int state(void)
+{
+    return __atomic_load_n(&phase, __ATOMIC_SEQ_CST) * 2 + __atomic_load_n(&settled, __ATOMIC_SEQ_CST);
+}
 
 static void *loop(void *arg)
 {
