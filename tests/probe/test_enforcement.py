@@ -251,3 +251,46 @@ async def test_records_written_while_no_probe_runs_are_delivered_by_the_next_one
         os.kill(keeper_pid, signal.SIGTERM)
         with contextlib.suppress(ChildProcessError):
             await asyncio.to_thread(os.waitpid, keeper_pid, 0)  # the probe spawned it from here
+
+
+async def test_processes_from_before_a_removed_preguard_dir_keep_reporting_and_reloading(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    c = await container(glibc_image, SETUP)
+    await start_probe()
+    await injected(c)
+    root = Path(f"/proc/{pid_of(await c.show())}/root")
+    sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+    # a process that maps the first control file and holds the first pipe
+    loop = asyncio.create_task(
+        run_in(
+            c,
+            "/bin/bash",
+            "-c",
+            ": > /tmp/started; while ((SECONDS < 20)); do read -r x < /etc/hostname || exit 0; done; exit 1",
+        )
+    )
+    await eventually(lambda: (root / "tmp/started").exists())
+    code, out = await run_in(c, "/bin/busybox-static", "rm", "-rf", "/.preguard")  # static: unhooked
+    assert code == 0, out
+    assert (await one_event(sub)).kind == Kind.TAMPER
+    await eventually(lambda: (root / ".preguard/rules.bin").exists())
+
+    tighter = Policy(
+        name="lockdown",
+        selector=Selector(labels={SCOPE_LABEL: scope}),
+        rules=[FileRule(path="/etc/hostname")],
+    )
+    await publish_bundle([tighter], revision=2)
+    code, out = await loop  # the old process saw revision 2 through the control file it maps
+    assert code == 0, out
+    e = await one_event(sub)  # and its event came through the pipe it had open
+    assert (e.target, e.revision, e.exe) == ("/etc/hostname", 2, "/usr/bin/bash")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 
@@ -30,6 +31,8 @@ class Tracked:
         self.guarded = False
         self.installed = Installed()
         self.reader: PipeReader | None = None
+        self.old_readers: list[PipeReader] = []
+        self.controls: dict[int, int] = {}  # inode -> descriptor of every control file processes map
         self.compiled: dict[int, CompiledRules] = {}
         self.bucket = TokenBucket(rate, burst, time.monotonic())
         self.events = 0
@@ -40,7 +43,8 @@ class Tracked:
 
     @property
     def drops_probe(self) -> int:
-        return self.dropped + (self.reader.invalid if self.reader else 0) + self._old_invalid
+        readers = [self.reader, *self.old_readers] if self.reader else self.old_readers
+        return self.dropped + sum(r.invalid for r in readers) + self._old_invalid
 
     _old_invalid = 0
 
@@ -50,8 +54,21 @@ class Tracked:
             self.reader.close()
             self.reader = None
 
+    def retire_reader(self) -> None:
+        """The pipe was replaced: processes that opened the old one still write there, keep reading."""
+        if self.reader is not None:
+            self.old_readers.append(self.reader)
+            self.reader = None
+
     def close(self) -> None:
         self.close_reader()
+        for reader in self.old_readers:
+            self._old_invalid += reader.invalid
+            reader.close()
+        self.old_readers.clear()
+        for fd in self.controls.values():
+            os.close(fd)
+        self.controls.clear()
         if self.root is not None:
             self.root.close()
             self.root = None

@@ -85,16 +85,22 @@ def open_pipe(root: RootFS) -> int:
     return fd
 
 
-def install_rules(root: RootFS, compiled: CompiledRules, installed: Installed) -> None:
-    """Rules file (atomic), then the generation bump that makes running processes reload."""
-    installed.rules = _identity(root.write_atomic(_RULES, compiled.data, 0o644))
+def open_control(root: RootFS) -> tuple[int, int]:
+    """A read-write descriptor of the control file and its inode."""
     fd = root.open(_CONTROL, os.O_RDWR | os.O_NOFOLLOW)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{_CONTROL} is not a file")
-        abi.Control.publish(f"/proc/self/fd/{fd}", compiled.revision)
-    finally:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
+        raise OSError(f"{_CONTROL} is not a file")
+    return fd, st.st_ino
+
+
+def install_rules(root: RootFS, compiled: CompiledRules, installed: Installed, controls: list[int]) -> None:
+    """Rules file (atomic), then the generation bump that makes running processes reload, in every
+    control file processes may have mapped (a replaced one is still mapped by older processes)."""
+    installed.rules = _identity(root.write_atomic(_RULES, compiled.data, 0o644))
+    for fd in controls:
+        abi.Control.publish(f"/proc/self/fd/{fd}", compiled.revision)
 
 
 def read_control(root: RootFS) -> abi.ControlState | None:
@@ -145,8 +151,12 @@ def remove_preload(root: RootFS) -> None:
 def uninstall(root: RootFS, empty: CompiledRules, *, keep_library: bool) -> None:
     """Unselected: no rule enforced, the preload line out first, then our files (unless a volume
     for LD_PRELOAD needs the library to stay, or new processes would warn on every start)."""
-    if read_control(root) is not None:
-        install_rules(root, empty, Installed())  # running processes stop enforcing at their next call
+    if read_control(root) is not None:  # running processes stop enforcing at their next call
+        fd, _ = open_control(root)
+        try:
+            install_rules(root, empty, Installed(), [fd])
+        finally:
+            os.close(fd)
     remove_preload(root)
     if not keep_library:
         root.remove_tree(DIR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,7 +265,12 @@ class Probe:
             inject.install(root, tracked.libc.family, tracked.installed)
         if tracked.revision != compiled.revision or first or tracked.installed.rules is None:
             tracked.keep_compiled(compiled)
-            inject.install_rules(root, compiled, tracked.installed)
+            fd, ino = inject.open_control(root)
+            if ino in tracked.controls:
+                os.close(fd)
+            else:
+                tracked.controls[ino] = fd
+            inject.install_rules(root, compiled, tracked.installed, list(tracked.controls.values()))
             tracked.revision = compiled.revision
         if tracked.reader is None:
             self._open_reader(tracked)
@@ -324,7 +330,8 @@ class Probe:
                 return  # stopping: its files go with it; the engine's die event follows
             with structlog.contextvars.bound_contextvars(container_id=tracked.info.short_id):
                 log.warning("container_tampered", paths=problems)
-                tracked.close_reader()
+                if reader_ino != inject.pipe_inode(tracked.root):
+                    tracked.retire_reader()
                 tracked.guarded = False  # re-run the whole injection
                 self._reconcile(tracked)
         except OSError as exc:
