@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import time
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ from preguard.proto.abi import GLIBC_REQUIRED, Record, glibc_version_ok
 from preguard.proto.rulesfile import CompiledRules, compile_rules
 
 log = structlog.get_logger()
+try:
+    VERSION = importlib.metadata.version("preguard")
+except importlib.metadata.PackageNotFoundError:  # running from a checkout without an install
+    VERSION = ""
 _STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
 
 
@@ -377,4 +382,5 @@ class Probe:
             interval=self._settings.status_interval,
             revision=self.bundle.revision if self.bundle else 0,
             containers=[t.status() for t in self.containers.values()],
+            version=VERSION,
         )
