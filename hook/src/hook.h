@@ -15,7 +15,7 @@ enum { HOOK_ALLOW = 0, HOOK_DENY = 1 };
 
 /* -- init.c: lifecycle, the recursion guard, symbol resolution ---------------------------------- */
 void hook_init(void);
-int hook_enter(void); /* 1: this thread is not inside the library; 0: pass straight through */
+int hook_enter(void); /* 0: the library itself is in the dynamic loader: pass straight through */
 void hook_leave(void);
 typedef void (*hook_fn)(void);
 hook_fn hook_resolve(const char *name, hook_fn self); /* dlsym(RTLD_NEXT); exits on ourselves */

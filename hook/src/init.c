@@ -29,19 +29,19 @@ static int init_state; /* 0: not started, 1: running, 2: done */
 
 long hook_sys(long nr, long a, long b, long c, long d, long e, long f) { return syscall(nr, a, b, c, d, e, f); }
 
-int hook_enter(void)
-{
-    if (in_hook)
-        return 0;
-    in_hook = 1;
-    return 1;
-}
+/* The guard covers only the library's own calls into the dynamic loader (dlsym, dladdr: they may
+ * call malloc, which a program may have interposed with something that opens files). Judging itself
+ * calls no hooked function (raw system calls, stack buffers) and is reentrant, so a hooked call from
+ * a signal handler that interrupts a hook is judged like any other, not waved through. */
+int hook_enter(void) { return !in_hook; }
 
-void hook_leave(void) { in_hook = 0; }
+void hook_leave(void) {}
 
 hook_fn hook_resolve(const char *name, hook_fn self)
 {
+    in_hook++;
     void *sym = dlsym(RTLD_NEXT, name);
+    in_hook--;
     hook_fn p;
     memcpy(&p, &sym, sizeof p); /* ISO C has no cast between object and function pointers */
     if (p == self) {
@@ -95,10 +95,9 @@ void hook_init(void)
         return;
     int expected = 0;
     if (__atomic_compare_exchange_n(&init_state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        int entered = hook_enter(); /* what init calls (dladdr may malloc) passes straight through */
+        in_hook++; /* what init calls (dladdr may malloc) passes straight through */
         do_init();
-        if (entered)
-            hook_leave();
+        in_hook--;
         __atomic_store_n(&init_state, 2, __ATOMIC_RELEASE);
         return;
     }

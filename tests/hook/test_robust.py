@@ -200,3 +200,19 @@ def test_address_sanitizer_build_is_clean(hook_build: Path, tmp_path: Path, secr
         assert len(guard.events()) >= 5
     finally:
         guard.close()
+
+
+def test_a_signal_handler_interrupting_a_hook_is_still_judged(
+    guard: Guard, hook_build: Path, secret: Path
+) -> None:
+    allowed = secret.parent / "allowed"
+    allowed.write_text("ok")
+    guard.install(
+        policy(
+            {"kind": "file", "path": str(secret)},
+            *({"kind": "file", "path": f"/x/{i}/**"} for i in range(200)),
+        )
+    )
+    out = guard.run([hook_build / "tests/sigopen", secret, allowed, "20000"]).stdout.split()
+    runs, leaks = int(out[1]), int(out[3])
+    assert runs >= 1000 and leaks == 0
