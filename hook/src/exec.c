@@ -2,6 +2,7 @@
  * versions bind here), system and popen. glibc's own implementations call an internal exec that no
  * preload sees, so each is judged here before the real one runs. */
 #define _GNU_SOURCE
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -41,6 +42,45 @@ static int is_loader(const char *p, size_t n)
     while (b > p && b[-1] != '/')
         b--;
     return !strncmp(b, "ld-", 3) ? strstr(b, ".so") != NULL : !strcmp(b, "ld.so");
+}
+
+/* What the kernel really runs for `path`, from its first bytes: an ELF shared object without an
+ * interpreter is a dynamic loader under any name (a copy of ld.so); a script's `#!` line names its
+ * interpreter (copied into `interp`). Returns 1 for a loader, 2 for a script, 0 otherwise. */
+static int peek(const char *path, char *interp, size_t room)
+{
+    union {
+        Elf64_Ehdr ehdr;
+        unsigned char bytes[1024];
+    } u;
+    long fd = SYS3(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    long n = hook_sys(SYS_pread64, fd, (long)u.bytes, sizeof u.bytes, 0, 0, 0);
+    SYS3(SYS_close, fd, 0, 0);
+    if (n > 2 && u.bytes[0] == '#' && u.bytes[1] == '!') {
+        long i = 2, k = 0;
+        while (i < n && (u.bytes[i] == ' ' || u.bytes[i] == '\t'))
+            i++;
+        while (i < n && k + 1 < (long)room && u.bytes[i] != ' ' && u.bytes[i] != '\t' && u.bytes[i] != '\n')
+            interp[k++] = (char)u.bytes[i++];
+        interp[k] = 0;
+        return k ? 2 : 0;
+    }
+    const Elf64_Ehdr *e = &u.ehdr;
+    if (n < (long)sizeof *e || memcmp(e->e_ident, ELFMAG, SELFMAG) || e->e_ident[EI_CLASS] != ELFCLASS64 ||
+        e->e_type != ET_DYN || e->e_phentsize != sizeof(Elf64_Phdr))
+        return 0;
+    for (unsigned i = 0; i < e->e_phnum; i++) {
+        uint64_t at = e->e_phoff + (uint64_t)i * sizeof(Elf64_Phdr);
+        if (at + sizeof(Elf64_Phdr) > (uint64_t)n)
+            return 0; /* program headers beyond what we read: not judged as a loader */
+        Elf64_Phdr ph;
+        memcpy(&ph, u.bytes + at, sizeof ph);
+        if (ph.p_type == PT_INTERP)
+            return 0; /* an ordinary dynamic program or library */
+    }
+    return 1;
 }
 
 /* The program a dynamic loader is asked to run: its first argument that is not an option. */
@@ -88,15 +128,18 @@ static int judge_exec(int dirfd, const char *path, char *const argv[], int follo
     int w = hook_lexical(dirfd, path, written);
     if (w > 0 && (w != d || memcmp(dirs, written, (size_t)w)))
         match_exe(r, written, (size_t)w, &m);
-    const char *prog = is_loader(resolved, (size_t)n) ? loader_program(argv) : NULL;
-    if (prog) {
-        /* `ld.so /bin/prog` is judged as running /bin/prog */
-        int p = hook_canon(AT_FDCWD, prog, 1, dirs);
+    /* `#!/bin/sh` runs /bin/sh, and `ld.so /bin/prog` (under any name) runs /bin/prog: those are
+     * judged too, in buffers of their own (the event may name what matched above) */
+    char interp[256], other[HOOK_PATH_MAX], other_written[HOOK_PATH_MAX];
+    int kind = peek(resolved, interp, sizeof interp);
+    const char *also = kind == 2 ? interp : is_loader(resolved, (size_t)n) || kind == 1 ? loader_program(argv) : NULL;
+    if (also) {
+        int p = hook_canon(AT_FDCWD, also, 1, other);
         if (p > 0)
-            match_exe(r, dirs, (size_t)p, &m);
-        int q = hook_lexical(AT_FDCWD, prog, written);
+            match_exe(r, other, (size_t)p, &m);
+        int q = hook_lexical(AT_FDCWD, also, other_written);
         if (q > 0)
-            match_exe(r, written, (size_t)q, &m);
+            match_exe(r, other_written, (size_t)q, &m);
     }
     if (hook_conclude(r, &m, PREGUARD_DEFAULT_PROCESS, PREGUARD_KIND_PROCESS, PREGUARD_ACCESS_EXEC, resolved,
                       (size_t)n) == HOOK_DENY) {

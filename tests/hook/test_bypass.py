@@ -229,3 +229,28 @@ def test_exec_with_ld_preload_stripped_keeps_the_library(
     # musl containers load the library through LD_PRELOAD only: a cleaned environment must not shed it
     out = blocked.run(["/usr/bin/env", *strip, "/usr/bin/cat", str(secret)])
     assert "Permission denied" in out.stderr and out.stdout == ""
+
+
+def test_a_renamed_copy_of_the_loader_is_still_a_loader(guard: Guard, calls: Path, tmp_path: Path) -> None:
+    loader = sorted(glob.glob("/lib64/ld-linux-*.so.*"))[0]
+    innocent = tmp_path / "innocent"
+    innocent.write_bytes(Path(loader).read_bytes())
+    innocent.chmod(0o755)
+    guard.install(policy({"kind": "process", "path": "/usr/bin/echo"}))
+    assert guard.run([calls, "execv", innocent, "/usr/bin/echo", "hi"]).stdout == "err 13\n"
+    assert guard.run([calls, "execv", innocent, "/usr/bin/printf", "ok"]).stdout == "ok"
+
+
+def test_a_script_is_judged_by_its_interpreter_too(guard: Guard, calls: Path, tmp_path: Path) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    guard.install(policy({"kind": "process", "path": "/bin/sh"}))  # as written, on a merged-/usr system
+    assert guard.run([calls, "execv", script]).stdout == "err 13\n"
+    assert guard.run([calls, "execvp", "script"], env={"PATH": str(tmp_path)}).stdout == "err 13\n"
+    guard.install(policy({"kind": "process", "name": "dash"}, {"kind": "process", "name": "sh"}, name="q"))
+    assert guard.run([calls, "execv", script]).stdout == "err 13\n"
+    guard.install(policy({"kind": "process", "name": "bash"}))
+    assert guard.run([calls, "execv", script]).stdout == "ran\n"
+    # the event names what the rule matched: the interpreter
+    assert {e.target for e in guard.events()} == {"/bin/sh", "/usr/bin/dash"}
