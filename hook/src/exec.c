@@ -107,7 +107,7 @@ static const char *loader_program(char *const argv[])
 /* Judges running `path` (relative to dirfd); 0 to go on, -1 with errno EACCES when blocked. The
  * executable matches as written, with its directories resolved and fully resolved; through the
  * dynamic loader the program it would run is judged too. */
-static int judge_exec(int dirfd, const char *path, char *const argv[], int follow)
+int hook_judge_exec(int dirfd, const char *path, char *const argv[], int follow)
 {
     const struct hook_rules *r = hook_rules();
     if (!path || !hook_wants(r, PREGUARD_RULES_HAS_EXE, PREGUARD_DEFAULT_PROCESS))
@@ -254,7 +254,7 @@ static int search(const char *file, char *out)
 static int judge_search(const char *file, char *const argv[])
 {
     char found[HOOK_PATH_MAX];
-    return search(file, found) == 0 ? judge_exec(AT_FDCWD, found, argv, 1) : 0;
+    return search(file, found) == 0 ? hook_judge_exec(AT_FDCWD, found, argv, 1) : 0;
 }
 
 /* Runs judge under the guard: 0 to go on (errno as it was), -1 when blocked (errno set). */
@@ -270,7 +270,7 @@ static int judge_search(const char *file, char *const argv[])
 
 HOOK_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
-    if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
+    if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, envp);
     return REAL(execve)(path, argv, env);
@@ -278,7 +278,7 @@ HOOK_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 
 HOOK_EXPORT int execv(const char *path, char *const argv[])
 {
-    if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
+    if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, environ);
     return REAL(execve)(path, argv, env);
@@ -318,7 +318,7 @@ HOOK_EXPORT int execl(const char *path, const char *arg, ...)
     va_list ap;
     GATHER(arg, ap, argv, count)
     va_end(ap);
-    if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
+    if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, environ);
     return REAL(execve)(path, argv, env);
@@ -341,7 +341,7 @@ HOOK_EXPORT int execle(const char *path, const char *arg, ...)
     GATHER(arg, ap, argv, count)
     char *const *envp = va_arg(ap, char *const *);
     va_end(ap);
-    if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, path, argv, 1)))
+    if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, envp);
     return REAL(execve)(path, argv, env);
@@ -349,7 +349,7 @@ HOOK_EXPORT int execle(const char *path, const char *arg, ...)
 
 HOOK_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
-    if (hook_enter() && JUDGE(judge_exec(fd, "", argv, 1)))
+    if (hook_enter() && JUDGE(hook_judge_exec(fd, "", argv, 1)))
         return -1;
     KEEP_PRELOAD(env, envp);
     return REAL(fexecve)(fd, argv, env);
@@ -358,7 +358,7 @@ HOOK_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 #ifndef PREGUARD_MUSL
 HOOK_EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags)
 {
-    if (hook_enter() && JUDGE(judge_exec(dirfd, path, argv, !(flags & AT_SYMLINK_NOFOLLOW))))
+    if (hook_enter() && JUDGE(hook_judge_exec(dirfd, path, argv, !(flags & AT_SYMLINK_NOFOLLOW))))
         return -1;
     KEEP_PRELOAD(env, envp);
     if (!REAL(execveat))
@@ -372,7 +372,7 @@ HOOK_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file
 {
     if (hook_enter()) {
         int saved = errno;
-        if (JUDGE(judge_exec(AT_FDCWD, path, argv, 1))) {
+        if (JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1))) {
             errno = saved;
             return EACCES; /* posix_spawn reports the error number, errno stays */
         }
@@ -401,14 +401,14 @@ static char *const shell_argv[] = {(char *)"sh", (char *)"-c", NULL};
 
 HOOK_EXPORT int system(const char *command)
 {
-    if (command && hook_enter() && JUDGE(judge_exec(AT_FDCWD, "/bin/sh", shell_argv, 1)))
+    if (command && hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, "/bin/sh", shell_argv, 1)))
         return -1;
     return REAL(system)(command);
 }
 
 HOOK_EXPORT FILE *popen(const char *command, const char *type)
 {
-    if (hook_enter() && JUDGE(judge_exec(AT_FDCWD, "/bin/sh", shell_argv, 1)))
+    if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, "/bin/sh", shell_argv, 1)))
         return NULL;
     return REAL(popen)(command, type);
 }

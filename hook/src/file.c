@@ -94,7 +94,7 @@ static int call(enum which w, int dirfd, const char *path, int flags, mode_t mod
     }
 }
 
-static int open_bits(int flags)
+int hook_open_bits(int flags)
 {
     int acc = flags & O_ACCMODE, bits = 0;
     if (acc == O_RDONLY || acc == O_RDWR)
@@ -109,7 +109,7 @@ static int opened(enum which w, int dirfd, const char *path, int flags, mode_t m
     if (!hook_enter())
         return call(w, dirfd, path, flags, mode);
     hook_init();
-    int saved = errno, bits = open_bits(flags);
+    int saved = errno, bits = hook_open_bits(flags);
     const struct hook_rules *r = hook_rules();
     if (!path || (!hook_wants(r, PREGUARD_RULES_HAS_FILE, PREGUARD_DEFAULT_FILE) && !(bits & WRITE))) {
         hook_leave();

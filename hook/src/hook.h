@@ -86,6 +86,11 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
 /* -- file.c: judging a path operation (exec.c and net.c use it too) ------------------------------- */
 int hook_judge_file(int dirfd, const char *path, int bits, int follow); /* 0, or -1 with errno set */
 void hook_resolve_early(void);
+int hook_open_bits(int flags);
+/* exec.c, net.c: judging an exec or a destination; 0, or -1 with errno set */
+int hook_judge_exec(int dirfd, const char *path, char *const argv[], int follow);
+struct sockaddr;
+int hook_judge_net(int fd, const struct sockaddr *addr, unsigned len, int access, int flags);
 void hook_resolve_exec(const char *self); /* self: the file name we were loaded as */
 
 /* raw system calls: never through the hooks, never touching another library's state */

@@ -27,7 +27,37 @@ size_t hook_exe_len;
 static __thread int in_hook __attribute__((tls_model("initial-exec")));
 static int init_state; /* 0: not started, 1: running, 2: done */
 
-long hook_sys(long nr, long a, long b, long c, long d, long e, long f) { return syscall(nr, a, b, c, d, e, f); }
+/* Our own system calls go straight to the kernel, not through libc's syscall(), which is hooked. */
+long hook_sys(long nr, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+#elif defined(__aarch64__)
+    register long x8 __asm__("x8") = nr;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    register long x3 __asm__("x3") = d;
+    register long x4 __asm__("x4") = e;
+    register long x5 __asm__("x5") = f;
+    __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5) : "memory");
+    ret = x0;
+#else
+#error "hook_sys: add this architecture's system call sequence"
+#endif
+    if (ret < 0 && ret > -4096) {
+        errno = (int)-ret;
+        return -1;
+    }
+    return ret;
+}
 
 /* The guard covers only the library's own calls into the dynamic loader (dlsym, dladdr: they may
  * call malloc, which a program may have interposed with something that opens files). Judging itself

@@ -44,7 +44,7 @@ static size_t put_port(char *out, size_t at, int port)
 }
 
 /* Judges a destination; 0 to go on, -1 with errno EACCES when blocked. `flags`: the send flags. */
-static int judge_net(int fd, const struct sockaddr *addr, socklen_t len, int access, int flags)
+int hook_judge_net(int fd, const struct sockaddr *addr, socklen_t len, int access, int flags)
 {
     const struct hook_rules *r = hook_rules();
     if (!addr || len < (socklen_t)sizeof(sa_family_t) ||
@@ -132,14 +132,14 @@ static int judge_net(int fd, const struct sockaddr *addr, socklen_t len, int acc
 
 HOOK_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
-    if (hook_enter() && JUDGE(judge_net(fd, addr, len, PREGUARD_ACCESS_CONNECT, 0)))
+    if (hook_enter() && JUDGE(hook_judge_net(fd, addr, len, PREGUARD_ACCESS_CONNECT, 0)))
         return -1;
     return REAL(connect)(fd, addr, len);
 }
 
 HOOK_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
 {
-    if (addr && hook_enter() && JUDGE(judge_net(fd, addr, len, PREGUARD_ACCESS_SEND, flags)))
+    if (addr && hook_enter() && JUDGE(hook_judge_net(fd, addr, len, PREGUARD_ACCESS_SEND, flags)))
         return -1;
     return REAL(sendto)(fd, buf, n, flags, addr, len);
 }
@@ -147,7 +147,7 @@ HOOK_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const s
 HOOK_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
     if (msg && msg->msg_name && hook_enter() &&
-        JUDGE(judge_net(fd, msg->msg_name, msg->msg_namelen, PREGUARD_ACCESS_SEND, flags)))
+        JUDGE(hook_judge_net(fd, msg->msg_name, msg->msg_namelen, PREGUARD_ACCESS_SEND, flags)))
         return -1;
     return REAL(sendmsg)(fd, msg, flags);
 }
@@ -168,7 +168,7 @@ HOOK_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int count, mmsg_f
         int saved = errno;
         for (; ok < count; ok++) {
             const struct msghdr *h = &vec[ok].msg_hdr;
-            if (h->msg_name && judge_net(fd, h->msg_name, h->msg_namelen, PREGUARD_ACCESS_SEND, (int)flags) < 0)
+            if (h->msg_name && hook_judge_net(fd, h->msg_name, h->msg_namelen, PREGUARD_ACCESS_SEND, (int)flags) < 0)
                 break;
         }
         hook_leave();

@@ -250,3 +250,27 @@ def test_audit_allows_and_reports(guard: Guard, calls: Path, files: Path) -> Non
     assert guard.run([calls, "open", files / "public", ""]).stdout == "ok\n"
     [event] = guard.events()
     assert event.action == Outcome.AUDITED
+
+
+def test_calls_through_libc_syscall_are_judged(guard: Guard, calls: Path, files: Path) -> None:
+    guard.install(
+        policy(
+            {"kind": "file", "path": str(files / "secret")},
+            {"kind": "file", "path": str(files / "public"), "access": "write"},
+            {"kind": "process", "name": "echo"},
+            {"kind": "network", "cidr": "127.0.0.2/32"},
+        )
+    )
+    for argv in (
+        ["sys_open", files / "secret"],
+        ["sys_openat", files / "secret"],
+        ["sys_openat2", files / "secret"],
+        ["sys_unlink", files / "public"],
+        ["sys_execve", "/usr/bin/echo", "hi"],
+        ["sys_connect", "127.0.0.2", "80"],
+    ):
+        assert guard.run([calls, *argv]).stdout == "err 13\n", argv
+    assert (files / "public").exists()
+    assert guard.run([calls, "sys_open", files / "public"]).stdout == "ok\n"
+    assert guard.run([calls, "sys_execve", "/usr/bin/printf", "x"]).stdout == "x"
+    assert len(guard.events()) == 6
