@@ -13,6 +13,7 @@ import mmap
 import os
 import re
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,41 @@ _ACCESS = {
 }
 _MAGIC = const("RECORD_MAGIC").to_bytes(4, "little")
 
+# The record header read with struct for speed, its layout checked here against cffi's view of abi.h.
+_RECORD_FIELDS = (
+    ("magic", "I"),
+    ("version", "H"),
+    ("size", "H"),
+    ("time_ns", "Q"),
+    ("pid", "I"),
+    ("uid", "I"),
+    ("rule_id", "I"),
+    ("reserved", "I"),
+    ("revision", "Q"),
+    ("kind", "B"),
+    ("outcome", "B"),
+    ("access", "B"),
+    ("flags", "B"),
+    ("exe_len", "H"),
+    ("target_len", "H"),
+)
+_RECORD = struct.Struct("<" + "".join(code for _, code in _RECORD_FIELDS))
+
+
+def _check_record_layout() -> None:
+    offset = 0
+    for name, code in _RECORD_FIELDS:
+        if ffi.offsetof("struct preguard_record", name) != offset:
+            raise ImportError(f"abi.h and abi.py disagree on struct preguard_record.{name}")
+        offset += struct.calcsize("<" + code)
+    if _RECORD.size != RECORD_HEADER or len(_RECORD_FIELDS) != len(
+        ffi.typeof("struct preguard_record").fields
+    ):
+        raise ImportError("abi.h and abi.py disagree on struct preguard_record")
+
+
+_check_record_layout()
+
 
 class Record(msgspec.Struct, frozen=True, kw_only=True):
     """One decoded event record, as the library wrote it (attribute it by its pipe, not its fields)."""
@@ -156,7 +192,7 @@ class RecordReader:
             if len(buf) - start < size:
                 pos = start
                 break
-            record = _decode(bytes(buf[start : start + size]))
+            record = _decode(buf, start, size)
             if record is None:
                 self.invalid += 1
                 pos = start + 1
@@ -168,34 +204,35 @@ class RecordReader:
         return out
 
 
-def _decode(data: bytes) -> Record | None:
-    r: Any = ffi.from_buffer("struct preguard_record *", data)
-    kind, outcome, access = _KINDS.get(r.kind), _OUTCOMES.get(r.outcome), _ACCESS.get(r.access)
+def _decode(buf: bytearray, start: int, size: int) -> Record | None:
+    (_, version, rsize, time_ns, pid, uid, rule_id, _, revision, kind_code, outcome_code, access_code, flags,
+     exe_len, target_len) = _RECORD.unpack_from(buf, start)  # fmt: skip
+    kind, outcome, access = _KINDS.get(kind_code), _OUTCOMES.get(outcome_code), _ACCESS.get(access_code)
     if (
-        r.version != ABI_VERSION
+        version != ABI_VERSION
         or kind is None
         or outcome is None
         or access is None
-        or r.flags & ~const("FLAG_TRUNCATED")
-        or RECORD_HEADER + r.exe_len + r.target_len != r.size
-        or r.size != len(data)
+        or flags & ~const("FLAG_TRUNCATED")
+        or RECORD_HEADER + exe_len + target_len != rsize
+        or rsize != size
     ):
         return None
-    exe = data[RECORD_HEADER : RECORD_HEADER + r.exe_len]
-    target = data[RECORD_HEADER + r.exe_len : r.size]
+    exe_at = start + RECORD_HEADER
+    target_at = exe_at + exe_len
     return Record(
-        version=r.version,
-        time_ns=r.time_ns,
-        pid=r.pid,
-        uid=r.uid,
+        version=version,
+        time_ns=time_ns,
+        pid=pid,
+        uid=uid,
         kind=kind,
         action=outcome,
         access=access,
-        rule_id=NO_RULE if r.rule_id == const("NO_RULE") else r.rule_id,
-        revision=r.revision,
-        exe=exe.decode("utf-8", "replace"),
-        target=target.decode("utf-8", "replace"),
-        truncated=bool(r.flags & const("FLAG_TRUNCATED")),
+        rule_id=NO_RULE if rule_id == const("NO_RULE") else rule_id,
+        revision=revision,
+        exe=buf[exe_at:target_at].decode("utf-8", "replace"),
+        target=buf[target_at : start + size].decode("utf-8", "replace"),
+        truncated=bool(flags & const("FLAG_TRUNCATED")),
     )
 
 
