@@ -43,6 +43,7 @@ from preguard.proto.abi import Record, encode_record
 from tests.support.images import build_image, remove_images
 
 LABEL = "preguard.bench"
+LIBDL = "/usr/lib/x86_64-linux-gnu/libdl.so.2"
 OPENER = r"""
 #include <fcntl.h>
 #include <stdio.h>
@@ -348,9 +349,8 @@ def _image() -> str:
         src = Path(tmp, "opener.c")
         src.write_text(OPENER)
         subprocess.run(["gcc", "-O2", "-o", str(Path(tmp, "opener")), str(src)], check=True)
-        return build_image(
-            "glibc", "preguard-bench-glibc", extra={"/usr/bin/opener": str(Path(tmp, "opener"))}
-        )
+        extra = {"/usr/bin/opener": str(Path(tmp, "opener")), LIBDL: LIBDL}  # the library links libdl
+        return build_image("glibc", "preguard-bench-glibc", extra=extra)
 
 
 async def _run(url: str, image: str) -> list[Figure]:
