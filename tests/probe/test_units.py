@@ -191,3 +191,25 @@ def test_needed_libraries_reads_dt_needed() -> None:
 
     assert "libc.so.6" in needed_libraries(Path("/bin/ls").read_bytes())
     assert needed_libraries(b"not an elf") == []
+
+
+def test_one_container_cannot_fill_the_whole_outage_buffer() -> None:
+    from datetime import UTC, datetime
+
+    from nats.aio.client import Client
+
+    from preguard.probe.publisher import Publisher
+    from preguard.proto import Event, Kind, Outcome, Severity
+
+    dropped: dict[str, int] = {}
+    publisher = Publisher(
+        Client(), capacity=8, batch=2, on_drop=lambda k, n: dropped.__setitem__(k, dropped.get(k, 0) + n)
+    )
+    event = Event(
+        host="h", container_id="c", container_name="n", image="i", time=datetime.now(UTC), time_ns=0,
+        pid=1, uid=0, exe="/x", kind=Kind.FILE, target="/t", access="read", action=Outcome.BLOCKED,
+        policy="p", rule=0, severity=Severity.LOW,
+    )  # fmt: skip
+    publisher.submit("flood", "s.flood", [event] * 5)
+    publisher.submit("quiet", "s.quiet", [event])
+    assert (publisher.held, dropped) == (3, {"flood": 3})

@@ -15,6 +15,7 @@ from preguard.proto import ContainerStatus, Event, Kind, Outcome, ProcessCoverag
 from preguard.proto.abi import Record
 from preguard.proto.rulesfile import CompiledRules
 
+MAX_UNCOVERED = 100  # per container in a heartbeat: the message stays small with thousands of processes
 KEEP_REVISIONS = 4  # records written under recent rules still find their origins
 
 
@@ -156,7 +157,7 @@ class Tracked:
             policies=self.policies,
             revision=self.revision if self.guarded else 0,
             covered=self.covered,
-            uncovered=self.uncovered,
+            uncovered=self.uncovered[:MAX_UNCOVERED],
             drops_library=self.drops_library,
             drops_probe=self.drops_probe,
             events=self.events,

@@ -31,6 +31,7 @@ class Publisher:
         self._on_drop = on_drop  # (container key, count)
         self._queue: deque[tuple[str, str, list[Event]]] = deque()  # (key, subject, events)
         self._held = 0
+        self._held_by: dict[str, int] = {}
         self._wake = asyncio.Event()
         self.published = 0
 
@@ -39,7 +40,9 @@ class Publisher:
         return self._held
 
     def submit(self, key: str, subject: str, events: list[Event]) -> None:
-        room = self._capacity - self._held
+        # one container may fill a quarter of the buffer, so a flood leaves room for the others
+        mine = self._held_by.get(key, 0)
+        room = min(self._capacity - self._held, max(self._capacity // 4, 1) - mine)
         if room < len(events):
             self._on_drop(key, len(events) - max(room, 0))
             events = events[: max(room, 0)]
@@ -48,8 +51,17 @@ class Publisher:
         for i in range(0, len(events), self._batch):
             chunk = events[i : i + self._batch]
             self._queue.append((key, subject, chunk))
-            self._held += len(chunk)
+        self._held += len(events)
+        self._held_by[key] = mine + len(events)
         self._wake.set()
+
+    def _payloads(self, events: list[Event]) -> list[bytes]:
+        """JSON messages under the server's max_payload (records can be 4 KiB each)."""
+        payload = encode(events[0] if len(events) == 1 else events)
+        if len(payload) <= self._nc.max_payload or len(events) == 1:
+            return [payload]  # a single event always fits: 4 KiB of record, escaped, is far below
+        half = len(events) // 2
+        return self._payloads(events[:half]) + self._payloads(events[half:])
 
     async def run(self) -> None:
         while True:
@@ -59,16 +71,21 @@ class Publisher:
                 if not self._nc.is_connected:
                     await asyncio.sleep(0.05)  # the client reconnects on its own; we hold meanwhile
                     continue
-                _, subject, events = self._queue[0]
-                payload = encode(events[0] if len(events) == 1 else events)
+                key, subject, events = self._queue[0]
                 try:
-                    await self._nc.publish(subject, payload)
+                    for payload in self._payloads(events):
+                        await self._nc.publish(subject, payload)
                 except NatsError as exc:  # disconnected between the check and the write
                     log.warning("event_publish_failed", subject=subject, error=str(exc))
                     await asyncio.sleep(0.05)
                     continue
                 self._queue.popleft()
                 self._held -= len(events)
+                left = self._held_by.get(key, 0) - len(events)
+                if left > 0:
+                    self._held_by[key] = left
+                else:
+                    self._held_by.pop(key, None)
                 self.published += len(events)
 
     async def flush(self, within: float) -> None:
