@@ -19,6 +19,8 @@
 
 static int pipe_fd = -1;
 static uint64_t pipe_dev, pipe_ino, pipe_epoch;
+static uint32_t pipe_pid; /* the process whose descriptor table holds pipe_fd (a vfork child shares
+                           * our memory but not our descriptors) */
 
 static void count(int drop)
 {
@@ -29,20 +31,28 @@ static void count(int drop)
         __atomic_fetch_add(drop ? &c->drops : &c->events, 1, __ATOMIC_RELAXED);
 }
 
-static int ours(int fd)
+static int ours(int fd, uint32_t pid)
 {
-    /* Nothing closed or replaced the number through libc since we opened it: still ours, no system
-     * call needed. Otherwise fstat decides (a raw close is the one case the epoch cannot see, and the
-     * descriptor sits high, where programs rarely land). */
-    if (fd >= 0 && hook_fd_epoch(fd) == __atomic_load_n(&pipe_epoch, __ATOMIC_ACQUIRE))
+    /* Opened by this process and nothing closed or replaced the number through libc since: still
+     * ours, no system call needed. Otherwise fstat decides (an inline close is the one case the
+     * epoch cannot see, and the descriptor sits high, where programs rarely land). */
+    if (fd < 0)
+        return 0;
+    if (__atomic_load_n(&pipe_pid, __ATOMIC_ACQUIRE) == pid &&
+        hook_fd_epoch(fd) == __atomic_load_n(&pipe_epoch, __ATOMIC_ACQUIRE))
         return 1;
     struct stat st;
-    return fd >= 0 && SYS3(SYS_fstat, fd, &st, 0) == 0 && S_ISFIFO(st.st_mode) &&
-           (uint64_t)st.st_dev == __atomic_load_n(&pipe_dev, __ATOMIC_RELAXED) &&
-           (uint64_t)st.st_ino == __atomic_load_n(&pipe_ino, __ATOMIC_RELAXED);
+    if (SYS3(SYS_fstat, fd, &st, 0) != 0 || !S_ISFIFO(st.st_mode) ||
+        (uint64_t)st.st_dev != __atomic_load_n(&pipe_dev, __ATOMIC_RELAXED) ||
+        (uint64_t)st.st_ino != __atomic_load_n(&pipe_ino, __ATOMIC_RELAXED))
+        return 0;
+    /* a forked child inherited it: trust it from now on in this process */
+    __atomic_store_n(&pipe_epoch, hook_fd_epoch(fd), __ATOMIC_RELEASE);
+    __atomic_store_n(&pipe_pid, pid, __ATOMIC_RELEASE);
+    return 1;
 }
 
-static int open_pipe(void)
+static int open_pipe(uint32_t pid)
 {
     char path[HOOK_PATH_MAX];
     if (!hook_dir_len || hook_dir_len + sizeof "/events" > sizeof path)
@@ -63,11 +73,12 @@ static int open_pipe(void)
         fd = high;
     }
     __atomic_store_n(&pipe_epoch, hook_fd_epoch((int)fd), __ATOMIC_RELEASE);
+    __atomic_store_n(&pipe_pid, pid, __ATOMIC_RELEASE);
     __atomic_store_n(&pipe_dev, (uint64_t)st.st_dev, __ATOMIC_RELAXED);
     __atomic_store_n(&pipe_ino, (uint64_t)st.st_ino, __ATOMIC_RELAXED);
     int expected = -1;
     if (!__atomic_compare_exchange_n(&pipe_fd, &expected, (int)fd, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        if (ours(expected)) {
+        if (ours(expected, pid)) {
             SYS3(SYS_close, fd, 0, 0);
             return expected;
         }
@@ -133,10 +144,10 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
     memcpy(u.bytes + hdr + exe_len, target, target_len);
 
     int fd = __atomic_load_n(&pipe_fd, __ATOMIC_ACQUIRE);
-    if (!ours(fd)) {
+    if (!ours(fd, rec->pid)) {
         /* never close a descriptor that is no longer ours: the program owns that number now */
         __atomic_compare_exchange_n(&pipe_fd, &fd, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-        fd = open_pipe();
+        fd = open_pipe(rec->pid);
     }
     long n = fd >= 0 ? write_quietly(fd, u.bytes, rec->size) : -1;
     if (n < 0 && errno == EPIPE) {

@@ -136,10 +136,20 @@ def test_calls_the_rules_allow_fail_exactly_as_without_the_library(
 
 
 def test_a_vfork_child_blocked_from_exec_leaves_the_parent_intact(guard: Guard, calls: Path) -> None:
-    guard.install(policy({"kind": "process", "path": "/usr/bin/true"}))
-    assert guard.run([calls, "vfork", "/usr/bin/true"]).stdout == "child 13\nok\n"
-    [event] = guard.events()
-    assert event.target == "/usr/bin/true"
+    # the child opens the pipe in its own descriptor table, in memory it shares with the parent:
+    # the parent's next event must still reach the pipe, not the child's descriptor number
+    guard.install(
+        policy(
+            {"kind": "process", "path": "/usr/bin/true"},
+            {"kind": "file", "path": "/usr/bin/true", "access": "read"},
+        )
+    )
+    assert guard.run([calls, "vfork", "/usr/bin/true"]).stdout == "child 13\nerr 13\n"
+    assert [(e.kind, e.target) for e in guard.events()] == [
+        (Kind.PROCESS, "/usr/bin/true"),
+        (Kind.FILE, "/usr/bin/true"),
+    ]
+    assert guard.control().drops == 0
 
 
 @pytest.mark.parametrize("call", sorted(PATH_OPS))
