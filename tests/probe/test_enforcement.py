@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
+from preguard.probe.keeper import KeeperClient
 from preguard.proto import (
     Event,
     FileRule,
@@ -148,12 +149,13 @@ async def test_a_new_bundle_reaches_running_processes_and_a_removed_one_frees_th
 
 
 @pytest.mark.timeout(120)
-async def test_a_killed_probe_leaves_enforcement_in_place_and_a_restarted_one_resumes(
+async def test_a_killed_probe_leaves_enforcement_in_place_and_the_next_delivers_what_was_denied_meanwhile(
     nc: NATS,
     nats_url: str,
     subjects: Subjects,
     host: str,
     scope: str,
+    tmp_path: Path,
     container: Any,
     glibc_image: str,
     publish_bundle: PublishBundle,
@@ -161,13 +163,14 @@ async def test_a_killed_probe_leaves_enforcement_in_place_and_a_restarted_one_re
 ) -> None:
     await publish_bundle([lockdown(scope)], revision=1)
     c = await container(glibc_image, SETUP)
+    keeper = str(tmp_path / "keeper.sock")
     env = {
         **os.environ,
         "PREGUARD_NATS_URL": nats_url,
         "PREGUARD_PREFIX": subjects.prefix,
         "PREGUARD_HOST": host,
         "PREGUARD_SCOPE": f"{SCOPE_LABEL}={scope}",
-        "PREGUARD_KEEPER": "off",
+        "PREGUARD_KEEPER": keeper,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "preguard.probe", env=env, stderr=asyncio.subprocess.DEVNULL
@@ -177,17 +180,20 @@ async def test_a_killed_probe_leaves_enforcement_in_place_and_a_restarted_one_re
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
+    try:
+        code, out = await run_in(c, "/bin/cat", "/etc/shadow")  # no probe: still denied
+        assert code != 0
+        assert "Permission denied" in out
 
-    code, out = await run_in(c, "/bin/cat", "/etc/shadow")  # nobody reads the pipe: still denied
-    assert code != 0
-    assert "Permission denied" in out
-
-    sub = await nc.subscribe(subjects.events(host, c.id[:12]))
-    await start_probe()
-    code, _ = await run_in(c, "/bin/cat", "/etc/shadow")
-    assert code != 0
-    e = await one_event(sub)
-    assert (e.target, e.policy) == ("/etc/shadow", "lockdown")
+        sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+        await start_probe(keeper=keeper)
+        e = await one_event(sub)  # the record written while no probe ran
+        assert (e.target, e.policy, e.exe) == ("/etc/shadow", "lockdown", "/usr/bin/cat")
+    finally:
+        client = KeeperClient(Path(keeper))
+        if client.connect(start=False) and (pid := client.pid()) is not None:
+            os.kill(pid, signal.SIGTERM)  # started by the killed probe: init reaps it
+        client.close()
 
 
 async def test_musl_container_started_with_the_volume_is_enforced(
