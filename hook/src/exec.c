@@ -273,6 +273,7 @@ HOOK_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
     if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, envp);
+    hook_caches_flush();
     return REAL(execve)(path, argv, env);
 }
 
@@ -281,6 +282,7 @@ HOOK_EXPORT int execv(const char *path, char *const argv[])
     if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, environ);
+    hook_caches_flush();
     return REAL(execve)(path, argv, env);
 }
 
@@ -289,6 +291,7 @@ HOOK_EXPORT int execvp(const char *file, char *const argv[])
     if (hook_enter() && JUDGE(judge_search(file, argv)))
         return -1;
     KEEP_PRELOAD(env, environ);
+    hook_caches_flush();
     return env == environ ? REAL(execvp)(file, argv) : REAL(execvpe)(file, argv, env);
 }
 
@@ -297,6 +300,7 @@ HOOK_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]
     if (hook_enter() && JUDGE(judge_search(file, argv)))
         return -1;
     KEEP_PRELOAD(env, envp);
+    hook_caches_flush();
     return REAL(execvpe)(file, argv, env);
 }
 
@@ -321,6 +325,7 @@ HOOK_EXPORT int execl(const char *path, const char *arg, ...)
     if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, environ);
+    hook_caches_flush();
     return REAL(execve)(path, argv, env);
 }
 
@@ -332,6 +337,7 @@ HOOK_EXPORT int execlp(const char *file, const char *arg, ...)
     if (hook_enter() && JUDGE(judge_search(file, argv)))
         return -1;
     KEEP_PRELOAD(env, environ);
+    hook_caches_flush();
     return env == environ ? REAL(execvp)(file, argv) : REAL(execvpe)(file, argv, env);
 }
 
@@ -344,6 +350,7 @@ HOOK_EXPORT int execle(const char *path, const char *arg, ...)
     if (hook_enter() && JUDGE(hook_judge_exec(AT_FDCWD, path, argv, 1)))
         return -1;
     KEEP_PRELOAD(env, envp);
+    hook_caches_flush();
     return REAL(execve)(path, argv, env);
 }
 
@@ -352,6 +359,7 @@ HOOK_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
     if (hook_enter() && JUDGE(hook_judge_exec(fd, "", argv, 1)))
         return -1;
     KEEP_PRELOAD(env, envp);
+    hook_caches_flush();
     return REAL(fexecve)(fd, argv, env);
 }
 
@@ -361,6 +369,7 @@ HOOK_EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *
     if (hook_enter() && JUDGE(hook_judge_exec(dirfd, path, argv, !(flags & AT_SYMLINK_NOFOLLOW))))
         return -1;
     KEEP_PRELOAD(env, envp);
+    hook_caches_flush();
     if (!REAL(execveat))
         return (int)hook_sys(SYS_execveat, dirfd, (long)path, (long)argv, (long)env, flags, 0);
     return real_execveat(dirfd, path, argv, env, flags);

@@ -75,6 +75,9 @@ int hook_canon(int dirfd, const char *path, int follow, char *out);
 int hook_lexical(int dirfd, const char *path, char *out);
 void hook_cwd_changed(void);
 void hook_fd_closed(int fd); /* a descriptor number was closed or replaced */
+/* Drops the working directory and descriptor caches: called before exec, because a vfork child
+ * shares our memory but has its own directory and descriptors, and its entries must not outlive it. */
+void hook_caches_flush(void);
 void hook_fds_closed(unsigned lo, unsigned hi);
 uint64_t hook_fd_epoch(int fd);                       /* moves whenever the number is closed or replaced through libc */
 int hook_is_protected(const char *canon, size_t len); /* the library's own files, /etc/ld.so.preload */

@@ -105,10 +105,18 @@ static struct {
     uint32_t seq;
     int fd;
     uint64_t epoch; /* bumped on every close of a number in this slot */
-    uint64_t epoch_at, generation;
+    uint64_t epoch_at, generation, flush_at;
     uint16_t len;
     char path[FD_LEN];
 } fds[FD_SLOTS];
+
+static uint64_t fd_flushes; /* bumped to drop every entry at once */
+
+void hook_caches_flush(void)
+{
+    __atomic_fetch_add(&fd_flushes, 1, __ATOMIC_ACQ_REL);
+    hook_cwd_changed();
+}
 
 void hook_fd_closed(int fd)
 {
@@ -128,11 +136,12 @@ static int fd_path(int fd, char *out)
 {
     if (fd < 0)
         return -EBADF;
-    uint64_t generation = hook_fs_generation();
+    uint64_t generation = hook_fs_generation(), flush = __atomic_load_n(&fd_flushes, __ATOMIC_ACQUIRE);
     __typeof__(fds[0]) *s = &fds[(unsigned)fd % FD_SLOTS];
     uint64_t epoch = __atomic_load_n(&s->epoch, __ATOMIC_ACQUIRE);
     uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-    if (!(seq & 1) && s->fd == fd && s->epoch_at == epoch && s->generation == generation && s->len) {
+    if (!(seq & 1) && s->fd == fd && s->epoch_at == epoch && s->generation == generation && s->flush_at == flush &&
+        s->len) {
         size_t len = s->len < FD_LEN ? s->len : 0;
         memcpy(out, s->path, len);
         out[len] = 0;
@@ -164,6 +173,7 @@ static int fd_path(int fd, char *out)
         s->fd = fd;
         s->epoch_at = epoch; /* read before the readlink: a close since then invalidates */
         s->generation = generation;
+        s->flush_at = flush;
         s->len = (uint16_t)len;
         memcpy(s->path, out, (size_t)len);
         __atomic_store_n(&s->seq, seq + 2, __ATOMIC_RELEASE);

@@ -120,6 +120,8 @@ HOOK_EXPORT long syscall(long nr, ...)
             return -1;
         errno = saved;
     }
+    if (nr == SYS_execve || nr == SYS_execveat)
+        hook_caches_flush(); /* see exec.c: a vfork child's cache entries must not outlive it */
     if (!real_syscall) {
         hook_fn fn = hook_resolve("syscall", (hook_fn)&syscall);
         memcpy(&real_syscall, &fn, sizeof fn);

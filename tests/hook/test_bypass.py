@@ -254,3 +254,13 @@ def test_a_script_is_judged_by_its_interpreter_too(guard: Guard, calls: Path, tm
     assert guard.run([calls, "execv", script]).stdout == "ran\n"
     # the event names what the rule matched: the interpreter
     assert {e.target for e in guard.events()} == {"/bin/sh", "/usr/bin/dash"}
+
+
+def test_a_vfork_child_changing_directory_does_not_mislead_the_parent(
+    blocked: Guard, calls: Path, secret: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_text("fine")
+    out = blocked.run([calls, "vforkcd", elsewhere, "secret"], cwd=secret.parent)
+    assert out.stdout == "err 13\n"

@@ -243,6 +243,23 @@ int main(int argc, char **argv)
                                           : mkstemps(tmpl, 2);
         return report_fd(fd);
     }
+    /* vforkcd DIR NAME: a vfork child changes to DIR, opens NAME there and execs; then the parent
+     * opens NAME in its own directory */
+    if (!strcmp(c, "vforkcd")) {
+        pid_t pid = vfork();
+        if (pid == 0) {
+            if (chdir(a) == 0) {
+                int fd = open(b, O_RDONLY, 0);
+                if (fd >= 0)
+                    close(fd);
+            }
+            char *const args[] = {(char *)"true", NULL};
+            execv("/usr/bin/true", args);
+            _exit(127);
+        }
+        waitpid(pid, NULL, 0);
+        return report_fd(open(b, O_RDONLY, 0));
+    }
     /* vfork PROGRAM: a vfork child execs PROGRAM; prints the child's errno from a failed exec */
     if (!strcmp(c, "vfork")) {
         pid_t pid = vfork();
