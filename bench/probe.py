@@ -75,14 +75,16 @@ def probe_process(url: str, prefix: str, host: str, scope: str, **extra: str) ->
         "PREGUARD_KEEPER": "off",
         **extra,
     }
+    log = open(os.environ.get("PREGUARD_BENCH_PROBE_LOG", os.devnull), "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "preguard.probe"], env=env, stderr=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "preguard.probe"], env=env, stderr=log, start_new_session=True
     )
     try:
         yield
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 @contextlib.asynccontextmanager

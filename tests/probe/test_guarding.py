@@ -246,3 +246,22 @@ async def test_an_image_without_a_library_the_hook_needs_is_refused_not_broken(
     assert "libdl.so.2" in mine.reason
     assert not (root / "etc/ld.so.preload").exists()
     assert (await run_in(c, "/bin/cat", "/etc/hostname"))[0] == 0
+
+
+async def test_coverage_of_a_host_pid_namespace_container_counts_only_its_own_processes(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    c = await container(glibc_image, host_config={"PidMode": "host"})
+    await publish_bundle([policy(scope)], revision=1)
+    sub = await nc.subscribe(subjects.status(host))
+    await start_probe()
+    mine = await status_until(sub, c.id[:12], lambda s: s.guarded and s.uncovered)
+    assert [(u.exe, u.reason) for u in mine.uncovered] == [("/usr/bin/sleep", "started_before_injection")]
+    assert mine.covered == 0

@@ -118,8 +118,12 @@ def scan(
         return 0, []
     ticks = os.sysconf("SC_CLK_TCK")
     injected = since_boot(injected) if injected is not None else None
+    pids = sorted(groups.get(ns, []))
+    if ns in _host_namespaces(proc):  # a --pid=host container: its processes are those in its root
+        root = _root_of(init_pid, proc)
+        pids = [p for p in pids if root is not None and _root_of(p, proc) == root]
     covered, uncovered = 0, []
-    for pid in sorted(groups.get(ns, [])):
+    for pid in pids:
         try:
             maps = _read(f"{proc}/{pid}/maps", 8 << 20).decode(errors="replace")
             started = start_time(_read(f"{proc}/{pid}/stat").decode(errors="replace"), ticks)
@@ -136,3 +140,19 @@ def scan(
         else:
             uncovered.append(ProcessCoverage(pid=pid, exe=exe, reason=reason))
     return covered, uncovered
+
+
+def _host_namespaces(proc: str) -> set[str]:
+    found = set()
+    for pid in ("self", "1"):
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(f"{proc}/{pid}/ns/pid"))
+    return found
+
+
+def _root_of(pid: int, proc: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"{proc}/{pid}/root")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -167,11 +167,15 @@ class Probe:
         if self.bundle is not None and bundle.revision <= self.bundle.revision:
             log.info("bundle_ignored", revision=bundle.revision, applied=self.bundle.revision)
             return
+        started = time.monotonic()
         self.bundle, self._compiled = bundle, {}
         for tracked in list(self.containers.values()):
             self._reconcile(tracked)
         self._changed.set()
-        log.info("bundle_applied", revision=bundle.revision, policies=len(bundle.policies))
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        log.info(
+            "bundle_applied", revision=bundle.revision, policies=len(bundle.policies), elapsed_ms=elapsed_ms
+        )
 
     def _compile(self, policies: list[msgspec.Struct], revision: int) -> CompiledRules:
         key = tuple(p.name for p in policies)  # type: ignore[attr-defined]
