@@ -192,7 +192,7 @@ const struct hook_rules *hook_rules(void)
     if (!fresh) {
         /* keep the last good rules; count the failure once per generation and process */
         uint64_t seen = __atomic_exchange_n(&failed_generation, gen, __ATOMIC_RELAXED);
-        if (seen != gen)
+        if (seen != gen && gen != 0) /* generation 0: nothing installed yet, not an error */
             count(&c->rules_errors);
         return cur;
     }
