@@ -52,6 +52,12 @@ static int ours(int fd, uint32_t pid)
     return 1;
 }
 
+static void close_own(int fd)
+{
+    hook_fd_closed(fd); /* the number's epoch moves as for any close */
+    SYS3(SYS_close, fd, 0, 0);
+}
+
 static int open_pipe(uint32_t pid)
 {
     char path[HOOK_PATH_MAX];
@@ -64,12 +70,12 @@ static int open_pipe(uint32_t pid)
         return -1; /* ENXIO: nobody reads; the event is a drop */
     struct stat st;
     if (SYS3(SYS_fstat, fd, &st, 0) != 0 || !S_ISFIFO(st.st_mode)) {
-        SYS3(SYS_close, fd, 0, 0);
+        close_own((int)fd);
         return -1;
     }
     long high = SYS3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, HIGH_FD);
     if (high >= 0) {
-        SYS3(SYS_close, fd, 0, 0);
+        close_own((int)fd);
         fd = high;
     }
     __atomic_store_n(&pipe_epoch, hook_fd_epoch((int)fd), __ATOMIC_RELEASE);
@@ -79,7 +85,7 @@ static int open_pipe(uint32_t pid)
     int expected = -1;
     if (!__atomic_compare_exchange_n(&pipe_fd, &expected, (int)fd, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         if (ours(expected, pid)) {
-            SYS3(SYS_close, fd, 0, 0);
+            close_own((int)fd);
             return expected;
         }
         __atomic_store_n(&pipe_fd, (int)fd, __ATOMIC_RELEASE);
@@ -90,13 +96,13 @@ static int open_pipe(uint32_t pid)
 static long write_quietly(int fd, const void *buf, size_t len)
 {
     /* a reader that went away must cost a drop, never a SIGPIPE */
-    uint64_t set = 1ULL << (SIGPIPE - 1), old = 0;
+    uint64_t set = 1ULL << (SIGPIPE - 1), old = 0, before = 0;
     hook_sys(SYS_rt_sigprocmask, SIG_BLOCK, (long)&set, (long)&old, 8, 0, 0);
+    if (old & set) /* the program blocks SIGPIPE itself: leave one it already had pending */
+        hook_sys(SYS_rt_sigpending, (long)&before, 8, 0, 0, 0, 0);
     long n = SYS3(SYS_write, fd, buf, len);
     int err = n < 0 ? errno : 0;
-    /* a SIGPIPE the program itself left pending is consumed too: standard signals do not queue, so
-     * ours and its are the same one, and the program had it blocked */
-    if (err == EPIPE && !(old & set)) {
+    if (err == EPIPE && !(before & set)) {
         struct timespec zero = {0, 0};
         hook_sys(SYS_rt_sigtimedwait, (long)&set, 0, (long)&zero, 8, 0, 0);
     }
@@ -154,7 +160,7 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
         /* the reader went away: let the next event open afresh (and find out whether one is back) */
         int expected = fd;
         if (__atomic_compare_exchange_n(&pipe_fd, &expected, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            SYS3(SYS_close, fd, 0, 0);
+            close_own(fd);
     }
     count(n != (long)rec->size);
     errno = saved;

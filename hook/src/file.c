@@ -32,8 +32,8 @@ int hook_judge_file(int dirfd, const char *path, int bits, int follow)
 {
     const struct hook_rules *r = hook_rules();
     int wants = hook_wants(r, PREGUARD_RULES_HAS_FILE, PREGUARD_DEFAULT_FILE);
-    if (!path || (!wants && !(bits & WRITE)))
-        return 0;
+    if (!path || (!wants && !(bits & WRITE)) || (!path[0] && dirfd == AT_FDCWD))
+        return 0; /* an empty path fails with ENOENT by itself */
     char canon[HOOK_PATH_MAX], lexical[HOOK_PATH_MAX];
     int n = hook_canon(dirfd, path, follow, canon);
     if (n < 0) {
