@@ -216,3 +216,14 @@ def test_a_signal_handler_interrupting_a_hook_is_still_judged(
     out = guard.run([hook_build / "tests/sigopen", secret, allowed, "20000"]).stdout.split()
     runs, leaks = int(out[1]), int(out[3])
     assert runs >= 1000 and leaks == 0
+
+
+def test_a_program_whose_malloc_calls_hooked_functions_runs_and_is_judged(
+    guard: Guard, hook_build: Path, secret: Path
+) -> None:
+    guard.install(policy({"kind": "file", "path": str(secret)}))
+    out = guard.run([hook_build / "tests/mallocker", secret])
+    assert (out.returncode, out.stdout) == (0, "denied malloc-opened\n")
+    allowed = secret.parent / "allowed"
+    allowed.write_text("x")
+    assert guard.run([hook_build / "tests/mallocker", allowed]).stdout == "ok malloc-opened\n"
