@@ -14,6 +14,7 @@ from preguard.proto import Kind, Outcome
 from preguard.proto.abi import (
     ABI_VERSION,
     CDEF,
+    GLIBC_NEEDS,
     GLIBC_REQUIRED,
     NO_RULE,
     RECORD_HEADER,
@@ -126,6 +127,7 @@ def test_glibc_floor_is_what_the_built_library_needs(hook_build: Path) -> None:
         check=True,
     ).stdout
     needs = out.split("Version needs", 1)[1]
+    assert sorted(set(re.findall(r"Name: (GLIBC_[0-9.]+)", needs))) == sorted(GLIBC_NEEDS)
     versions = {
         tuple(int(x) for x in v.split(".")) for v in re.findall(r"Name: GLIBC_(\d+\.\d+(?:\.\d+)?)", needs)
     }

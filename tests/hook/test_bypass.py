@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,15 +100,37 @@ def test_symlinks_to_the_file_or_its_directory_do_not_get_around_a_rule(
     assert {e.target for e in blocked.events()} == {str(secret)}
 
 
-def test_a_symlink_created_at_run_time_is_seen(blocked: Guard, tmp_path: Path, secret: Path) -> None:
-    # one process: opens through a directory (caching that it is no link), swaps it for a link, opens again
-    script = f"""
-mkdir {tmp_path}/swap && touch {tmp_path}/swap/secret && cat {tmp_path}/swap/secret && echo first-ok
-rm {tmp_path}/swap/secret && rmdir {tmp_path}/swap && ln -s {secret.parent} {tmp_path}/swap
-cat {tmp_path}/swap/secret || echo second-denied
-"""
-    out = blocked.run(["bash", "-c", script])
-    assert "first-ok" in out.stdout and "second-denied" in out.stdout
+def test_a_directory_swapped_for_a_symlink_by_another_process_is_seen(
+    blocked: Guard, calls: Path, tmp_path: Path, secret: Path
+) -> None:
+    """A running process caches that swap/ is no link; another covered process replaces it with a
+    link to the protected directory: the first process's next open must see through it."""
+    swap = tmp_path / "swap"
+    swap.mkdir()
+    (swap / "secret").write_text("harmless")
+    proc = subprocess.Popen(
+        [str(calls), "reopen", str(swap / "secret")],
+        env=blocked.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout and proc.stdin
+    assert proc.stdout.read(3) == "ok "
+    swapped = blocked.run(["bash", "-c", f"rm -r {swap} && ln -s {secret.parent} {swap}"])
+    assert swapped.returncode == 0, swapped.stderr
+    out, _ = proc.communicate("go\n", timeout=30)
+    assert out == "err\n"
+
+
+def test_changing_directory_moves_relative_paths(
+    blocked: Guard, calls: Path, tmp_path: Path, secret: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "secret").write_text("fine")
+    assert blocked.run([calls, "chdirs", secret.parent, other, "secret"]).stdout == "err ok\n"
+    assert blocked.run([calls, "chdirs", other, secret.parent, "secret"]).stdout == "ok err\n"
 
 
 def test_hard_link_to_a_protected_file_made_at_run_time_is_refused(

@@ -169,6 +169,27 @@ int main(int argc, char **argv)
         long rc = syscall(SYS_connect, fd, &in, sizeof in);
         return report(rc < 0 && errno == ECONNREFUSED ? 0 : rc);
     }
+    /* reopen PATH: opens PATH, waits for a line on stdin, opens it again; prints both results */
+    if (!strcmp(c, "reopen")) {
+        int fd = open(a, O_RDONLY, 0);
+        printf("%s ", fd >= 0 ? "ok" : "err");
+        if (fd >= 0)
+            close(fd);
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof line, stdin))
+            return 2;
+        fd = open(a, O_RDONLY, 0);
+        printf("%s\n", fd >= 0 ? "ok" : "err");
+        return 0;
+    }
+    /* chdirs DIR1 DIR2 NAME: opens NAME relative to DIR1, then to DIR2 (chdir between) */
+    if (!strcmp(c, "chdirs")) {
+        int r1 = chdir(a) == 0 ? open(argv[4], O_RDONLY, 0) : -1;
+        int r2 = chdir(b) == 0 ? open(argv[4], O_RDONLY, 0) : -1;
+        printf("%s %s\n", r1 >= 0 ? "ok" : "err", r2 >= 0 ? "ok" : "err");
+        return 0;
+    }
     /* dirswap A B NAME [closedir]: openat NAME below A, close A, open B (same number), openat NAME
      * below B; prints both results */
     if (!strcmp(c, "dirswap")) {

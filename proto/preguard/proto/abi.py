@@ -74,7 +74,9 @@ CONTROL = "control"
 PIPE = "events"
 LIBRARY_BUILDS = {"glibc": "libpreguard-glibc.so", "musl": "libpreguard-musl.so"}
 
-# The newest GLIBC_x.y symbol version the glibc build needs (a test reads it from the built ELF).
+# Every GLIBC_x.y symbol version the glibc build needs, and the newest of them (a test reads them
+# from the built ELF): a container whose glibc is older cannot load the library.
+GLIBC_NEEDS: tuple[str, ...] = ("GLIBC_2.2.5", "GLIBC_2.14", "GLIBC_2.17")
 GLIBC_REQUIRED: tuple[int, int] = (2, 17)
 
 
