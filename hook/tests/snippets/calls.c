@@ -20,6 +20,12 @@
 
 extern char **environ;
 
+#ifndef __GLIBC__
+/* musl maps the *64 names to the plain calls itself; these two it lacks */
+#define execveat(d, p, a, e, f) ((void)(d), (void)(p), (void)(a), (void)(e), (void)(f), errno = ENOSYS, -1)
+#define renameat2(d1, p1, d2, p2, f) renameat(d1, p1, d2, p2)
+#endif
+
 static int flags_of(const char *s)
 {
     int f = strchr(s, 'w') ? (strchr(s, 'r') ? O_RDWR : O_WRONLY) : O_RDONLY;
