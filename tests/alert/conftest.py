@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
+
 from preguard.alert.service import AlertService
 from preguard.alert.settings import AlertSettings
 from preguard.proto import Alert, Event, Kind, Outcome, Severity, Subjects, decode
@@ -58,19 +60,16 @@ def settings() -> AlertSettings:
     ).named()
 
 
-MakeService = Callable[..., "AlertService"]
-
-
 @pytest.fixture
 async def make_service(
     nc: NATS, subjects: Subjects, settings: AlertSettings
-) -> AsyncIterator[Callable[..., object]]:
+) -> AsyncIterator[Callable[..., Awaitable[AlertService]]]:
     """Start services (each with its own instance name); all are stopped after the test."""
     started: list[AlertService] = []
 
-    async def make(client: NATS | None = None, **changes: object) -> AlertService:
+    async def make(client: NATS | None = None, on: Subjects | None = None, **changes: object) -> AlertService:
         config = msgspec.structs.replace(settings, instance="", **changes).named()
-        service = AlertService(client or nc, subjects, config)
+        service = AlertService(client or nc, on or subjects, config)
         await service.start()
         started.append(service)
         return service
@@ -82,3 +81,10 @@ async def make_service(
 
 async def next_alert(sub: Subscription, timeout: float = 5.0) -> Alert:
     return decode((await sub.next_msg(timeout=timeout)).data, Alert)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll state that changes on a timer (lease rounds), with a deadline."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 (nothing to wait on: leases move on a timer)
+            await asyncio.sleep(0.05)

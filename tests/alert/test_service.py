@@ -2,15 +2,65 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+import nats
 from nats.aio.client import Client as NATS
-from preguard.proto import Alert, Kind, Severity, Subjects, encode
+from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
 
-from tests.alert.conftest import make_event, next_alert
+from preguard.alert.settings import AlertSettings
+from preguard.alert.streams import ensure_events
+from preguard.proto import Alert, Event, Kind, Severity, Subjects, decode, encode
+from tests.alert.conftest import make_event, next_alert, until
 
 MakeService = Callable[..., Any]
+BATCH = 500  # events per message, as a busy probe batches them
+
+
+async def publish(nc: NATS, subjects: Subjects, events: list[Event]) -> None:
+    """Publish through JetStream (acknowledged by the events stream), in batches per container."""
+    js = nc.jetstream()
+    acks = []
+    for i in range(0, len(events), BATCH):
+        chunk = events[i : i + BATCH]
+        subject = subjects.events(chunk[0].host, chunk[0].container_id)
+        acks.append(js.publish(subject, encode(chunk if len(chunk) > 1 else chunk[0])))
+    await asyncio.gather(*acks)
+
+
+async def until_final(sub: Subscription, alert_id: str, seen: list[Alert], timeout: float = 30) -> Alert:
+    """Collect alerts into `seen` until the final of `alert_id` arrives."""
+    async with asyncio.timeout(timeout):
+        while True:
+            alert = await next_alert(sub, timeout=timeout)
+            seen.append(alert)
+            if alert.id == alert_id and alert.state == "final":
+                return alert
+
+
+async def stored_alerts(nc: NATS, subjects: Subjects) -> list[Alert]:
+    """Everything the alerts stream holds, in order."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.stream_alerts())
+    sub = await js.subscribe(subjects.alerts_all(), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    alerts = [decode((await sub.next_msg(timeout=5)).data, Alert) for _ in range(info.state.messages)]
+    await sub.unsubscribe()
+    return alerts
+
+
+def closer(event: Event, settings: AlertSettings) -> Event:
+    """An event of the same key one window later: it closes the window at once (event time)."""
+    later = event.time + timedelta(seconds=settings.window)
+    return msgspec.structs.replace(event, time=later, time_ns=int(later.timestamp() * 1e9))
 
 
 async def test_one_event_gives_one_alert_with_every_contract_field(
@@ -19,10 +69,10 @@ async def test_one_event_gives_one_alert_with_every_contract_field(
     await make_service()
     sub = await nc.subscribe(subjects.alerts_all())
     event = make_event()
-    await nc.jetstream().publish(subjects.events(event.host, event.container_id), encode(event))
+    await publish(nc, subjects, [event])
     msg = await sub.next_msg(timeout=5)
     assert msg.subject == subjects.alerts("high", "host-a")
-    alert = await next_alert_from(msg.data)
+    alert = decode(msg.data, Alert)
     assert alert.state == "new"
     assert (alert.host, alert.container_id, alert.container_name, alert.image) == (
         "host-a",
@@ -44,7 +94,141 @@ async def test_one_event_gives_one_alert_with_every_contract_field(
     assert alert.id and alert.title and alert.detail
 
 
-async def next_alert_from(data: bytes) -> Alert:
-    from preguard.proto import decode
+async def test_100000_identical_events_give_one_alert_with_the_exact_count_and_few_updates(
+    nc: NATS, subjects: Subjects, make_service: MakeService, settings: AlertSettings
+) -> None:
+    await make_service()
+    sub = await nc.subscribe(subjects.alerts_all(), pending_msgs_limit=100_000)
+    event = make_event()
+    started = asyncio.get_running_loop().time()
+    await publish(nc, subjects, [event] * 100_000)
+    new = await next_alert(sub)
+    await publish(nc, subjects, [closer(event, settings)])
+    seen = [new]
+    final = await until_final(sub, new.id, seen)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert final.count == 100_000
+    mine = [a for a in seen if a.id == new.id]
+    assert [a.state for a in mine].count("new") == 1
+    updates = [a for a in mine if a.state == "update"]
+    assert len(updates) <= elapsed / settings.update_interval + 1
+    assert [a.count for a in updates] == sorted({a.count for a in updates})  # growing, no repeats
+    await sub.unsubscribe()  # a subscription with unread messages would stall the client's drain
 
-    return decode(data, Alert)
+
+async def test_killed_mid_stream_and_restarted_the_final_count_is_exact_and_new_appears_once(
+    nc: NATS, nats_url: str, subjects: Subjects, make_service: MakeService, settings: AlertSettings
+) -> None:
+    sub = await nc.subscribe(subjects.alerts_all(), pending_msgs_limit=100_000)
+    env = {
+        **os.environ,
+        "PREGUARD_NATS_URL": nats_url,
+        "PREGUARD_PREFIX": subjects.prefix,
+        **{f"PREGUARD_ALERT_{k.upper()}": str(v) for k, v in msgspec.structs.asdict(settings).items()},
+        "PREGUARD_ALERT_INSTANCE": "doomed",
+    }
+    await ensure_events(nc.jetstream(), subjects, settings)  # as the probe does: the stream keeps events
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "preguard.alert", env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        event = make_event()
+        await publish(nc, subjects, [event] * 60_000)
+        new = await next_alert(sub, timeout=20)
+        first_update = await next_alert(sub)  # the new alert's window is persisted by now
+        assert (first_update.id, first_update.state) == (new.id, "update")
+        proc.send_signal(signal.SIGKILL)  # no goodbye: leases expire, batches in hand replay
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    await publish(nc, subjects, [event] * 40_000)
+    await make_service()
+    await publish(nc, subjects, [closer(event, settings)])
+    seen = [new, first_update]
+    final = await until_final(sub, new.id, seen)
+    assert final.count == 100_000
+    assert [a.state for a in seen if a.id == new.id].count("new") == 1
+    stored = [a for a in await stored_alerts(nc, subjects) if a.id == new.id]
+    assert [a.state for a in stored].count("new") == 1
+    assert stored[-1].count == 100_000
+    await sub.unsubscribe()
+
+
+async def test_stopped_and_restarted_between_batches_the_count_is_exact(
+    nc: NATS, subjects: Subjects, make_service: MakeService, settings: AlertSettings
+) -> None:
+    sub = await nc.subscribe(subjects.alerts_all(), pending_msgs_limit=100_000)
+    first = await make_service()
+    event = make_event()
+    await publish(nc, subjects, [event] * 20_000)
+    new = await next_alert(sub)
+    await first.stop()
+    await publish(nc, subjects, [event] * 20_000)
+    await make_service()
+    await publish(nc, subjects, [closer(event, settings)])
+    seen = [new]
+    final = await until_final(sub, new.id, seen)
+    assert final.count == 40_000
+    assert [a.state for a in seen if a.id == new.id].count("new") == 1
+    await sub.unsubscribe()
+
+
+async def run_scenario(
+    nc: NATS, on: Subjects, make_service: MakeService, settings: AlertSettings, t0: datetime, n: int
+) -> dict[str, tuple[int, int]]:
+    """Start n instances, wait until they split the partitions, publish a fixed scenario.
+
+    Returns alert id -> (count in its new alert, final count) for every window the scenario closes.
+    """
+    url = f"nats://{nc.connected_url.netloc}"  # type: ignore[union-attr]
+    clients = [nc] + [await nats.connect(url) for _ in range(n - 1)]
+    services = [await make_service(client, on) for client in clients]
+    await until(
+        lambda: (
+            sorted(p for s in services for p in s.partitions) == list(range(settings.partitions))
+            and all(s.partitions for s in services)
+        )
+    )
+    sub = await nc.subscribe(on.alerts_all(), pending_msgs_limit=100_000)
+    keys = [
+        make_event(container_id=f"{c:012x}", rule=r, target=f"/bin/t{r}", time=t0, pid=1)
+        for c in range(16)
+        for r in range(2)
+    ]
+    events = [e for i, e in enumerate(keys) for _ in range(i * 7 + 1)]
+    for i in range(0, len(events), 9):  # batches that mix containers, as if several probes sent them
+        chunk = events[i : i + 9]
+        for cid in dict.fromkeys(e.container_id for e in chunk):
+            await publish(nc, on, [e for e in chunk if e.container_id == cid])
+    for e in keys:
+        await publish(nc, on, [closer(e, settings)])
+    result: dict[str, tuple[int, int]] = {}
+    news: dict[str, int] = {}
+    async with asyncio.timeout(30):
+        while len(result) < len(keys):
+            a = await next_alert(sub)
+            if a.state == "new":
+                assert a.id not in news, "an alert id appeared twice as new"
+                news[a.id] = a.count
+            elif a.state == "final" and a.kind != Kind.ATTACK:
+                result[a.id] = (news[a.id], a.count)
+    assert all(s.events for s in services)  # every instance did a share of the work
+    await sub.unsubscribe()
+    for s in services:
+        await s.stop()
+    for client in clients[1:]:
+        await client.drain()
+    return result
+
+
+async def test_two_instances_give_the_same_alerts_as_one(
+    nc: NATS, subjects: Subjects, make_service: MakeService, settings: AlertSettings
+) -> None:
+    t0 = datetime.now(UTC)
+    one = await run_scenario(nc, subjects, make_service, settings, t0, n=1)
+    two = await run_scenario(nc, Subjects(prefix=f"{subjects.prefix}two"), make_service, settings, t0, n=2)
+    assert len(one) == 32
+    assert sorted(c for _, c in one.values()) == sorted(i * 7 + 1 for i in range(32))
+    assert two == one  # same ids (derived from stream position), same counts

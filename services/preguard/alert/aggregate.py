@@ -75,6 +75,7 @@ class Aggregator:
         self._outbox: list[Alert] = []
         self._changes: dict[str, Window | None] = {}  # key name -> state to persist (None: delete)
         self._changed: set[Key] = set()  # folded since their last publish
+        self._dirty: set[Key] = set()  # folded since their last persist
 
     # -- input ------------------------------------------------------------------------------------
     def restore(self, window: Window) -> None:
@@ -102,6 +103,7 @@ class Aggregator:
             if ev.time > w.last_seen:
                 w.last_seen = ev.time
             self._changed.add(key)
+            self._dirty.add(key)
 
     # -- time -------------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -109,9 +111,9 @@ class Aggregator:
         now = self._clock()
         for key in list(self._changed):
             w = self.windows[key]
-            if w.closed:
-                self._changed.discard(key)
-            elif now - w.published_at >= self.update_interval:
+            if w.closed or now >= w.opened + self.window + self.grace:
+                continue  # closed, or about to be: the final carries the count
+            if now - w.published_at >= self.update_interval:
                 self._changed.discard(key)
                 if w.announced and w.count != w.published_count:
                     self._publish(w, "update")
@@ -129,8 +131,10 @@ class Aggregator:
 
     def take(self) -> tuple[list[Alert], dict[str, Window | None]]:
         """What to publish, then what to persist (in this order), since the last take."""
-        for key in self._changed:  # counted but not yet due: persisted so a restart keeps them
-            self._persist(key, self.windows[key])
+        for key in self._dirty:  # counted but not yet due: persisted so a restart keeps them
+            if (w := self.windows.get(key)) is not None:
+                self._persist(key, w)
+        self._dirty.clear()
         out, changes = self._outbox, self._changes
         self._outbox, self._changes = [], {}
         return out, changes

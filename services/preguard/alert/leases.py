@@ -14,7 +14,7 @@ import math
 from collections.abc import Awaitable, Callable
 
 import structlog
-from nats.js.errors import KeyValueError
+from nats.js.errors import BadRequestError, KeyValueError
 from nats.js.kv import KeyValue
 
 from preguard.alert.streams import entries
@@ -42,14 +42,17 @@ class Leases:
         for p, revision in list(self.held.items()):
             try:
                 self.held[p] = await self._kv.update(f"part.{p}", self.instance.encode(), last=revision)
-            except KeyValueError:  # expired (we were too slow) or taken: stop touching it now
+            except (
+                KeyValueError,
+                BadRequestError,
+            ):  # expired (we were too slow) or taken: stop touching it now
                 del self.held[p]
                 log.warning("partition_lost", partition=p)
                 await self._release(p)
         for p in sorted(self.held, reverse=True)[: max(len(self.held) - quota, 0)]:
             await self._release(p)
             revision = self.held.pop(p)
-            with contextlib.suppress(KeyValueError):  # already expired: nothing to hand over
+            with contextlib.suppress(KeyValueError, BadRequestError):  # already expired: nothing to hand over
                 await self._kv.delete(f"part.{p}", last=revision)
             log.info("partition_released", partition=p, members=members)
         for p in range(self.partitions):
@@ -59,7 +62,7 @@ class Leases:
                 continue
             try:
                 self.held[p] = await self._kv.create(f"part.{p}", self.instance.encode())
-            except KeyValueError:
+            except (KeyValueError, BadRequestError):
                 continue  # someone else's
             log.info("partition_acquired", partition=p, members=members)
             await self._acquire(p)
@@ -67,8 +70,8 @@ class Leases:
     async def leave(self) -> None:
         """Hand every partition back at once (the caller has stopped the workers)."""
         for p, revision in list(self.held.items()):
-            with contextlib.suppress(KeyValueError):
+            with contextlib.suppress(KeyValueError, BadRequestError):
                 await self._kv.delete(f"part.{p}", last=revision)
         self.held.clear()
-        with contextlib.suppress(KeyValueError):
+        with contextlib.suppress(KeyValueError, BadRequestError):
             await self._kv.delete(f"member.{self.instance}")

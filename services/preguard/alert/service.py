@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import msgspec
 import structlog
@@ -57,6 +58,7 @@ class AlertService:
         self._state: KeyValue | None = None
         self._leases: Leases | None = None
         self._stopped = False
+        self._all_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def partitions(self) -> list[int]:
@@ -77,11 +79,11 @@ class AlertService:
         query_subject = self._subjects.api_alerts("query")
         self._subs.append(await self._nc.subscribe(query_subject, queue="alert", cb=self._on_query))
         await self._leases.tick()
-        self._lease_task = self._tasks.create_task(self._lease_loop())
+        self._lease_task = self._spawn(self._lease_loop())
         await self._nc.flush()
         log.info("alert_service_started", instance=self._settings.instance, partitions=self.partitions)
 
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (STYLE's stop())
+    async def stop(self, timeout: float = 10.0) -> None:
         """Workers commit their batch and stop, leases are handed back, the API drains."""
         if self._stopped:
             return
@@ -89,18 +91,26 @@ class AlertService:
         try:
             async with asyncio.timeout(timeout):
                 if self._lease_task is not None:
-                    self._lease_task.cancel()
+                    self._lease_task.cancel()  # a round cut short leaves the held revisions stale,
+                    with contextlib.suppress(asyncio.CancelledError):  # which leave() tolerates
+                        await self._lease_task
                 for p in list(self._workers):
                     await self._release(p)
                 if self._leases is not None:
                     await self._leases.leave()
                 for sub in self._subs:
                     await sub.drain()  # type: ignore[no-untyped-call]
-        finally:
-            for _, task in self._workers.values():
+        finally:  # whatever did not finish in time is cancelled; its batch replays on the next start
+            for task in self._all_tasks:
                 task.cancel()
             await self._tasks.__aexit__(None, None, None)
         log.info("alert_service_stopped", instance=self._settings.instance)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._tasks.create_task(coro)
+        self._all_tasks.add(task)
+        task.add_done_callback(self._all_tasks.discard)
+        return task
 
     # -- partitions ---------------------------------------------------------------------------------
     async def _lease_loop(self) -> None:
@@ -117,11 +127,11 @@ class AlertService:
         worker = PartitionWorker(
             self._js, self._state, self._subjects, self._settings, partition, clock=self._clock
         )
-        task = self._tasks.create_task(self._supervise(f"partition {partition}", worker.run))
+        task = self._spawn(self._supervise(f"partition {partition}", worker.run))
         self._workers[partition] = (worker, task)
         if partition == HEALTH_PARTITION:
             stop = asyncio.Event()
-            health = self._tasks.create_task(self._supervise("health", lambda: self._watch_probes(stop)))
+            health = self._spawn(self._supervise("health", lambda: self._watch_probes(stop)))
             self._health = (stop, health)
 
     async def _release(self, partition: int) -> None:
