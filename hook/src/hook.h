@@ -65,7 +65,7 @@ void hook_match_net(const struct hook_rules *r, int v6, const unsigned char *add
 /* Applies the kind's default, emits the event; returns HOOK_DENY for a block. */
 int hook_conclude(const struct hook_rules *r, struct hook_match *m, int default_slot, int kind, int access,
                   const char *fallback, size_t fallback_len);
-int hook_glob(const char *p, size_t plen, const char *s, size_t slen);
+int hook_glob(const char *p, size_t plen, const char *s, size_t slen); /* 1, 0, -1: out of budget */
 
 /* -- path.c: absolute, canonical paths ----------------------------------------------------------- */
 /* Canonical absolute path of `path` relative to dirfd into out (HOOK_PATH_MAX): `.`, `..`, `//` and

@@ -231,17 +231,21 @@ int hook_wants(const struct hook_rules *r, int has_flag, int default_slot)
 /* -- matching ----------------------------------------------------------------------------------- */
 #define PRIME PREGUARD_HASH_PRIME
 
-/* `*` any run without /, `**` any run, `?` one character but /. Backtracks only at stars. */
-int hook_glob(const char *p, size_t plen, const char *s, size_t slen)
+/* `*` any run without /, `**` any run, `?` one character but /. Backtracks only at stars, within a
+ * budget of steps: a pattern with several stars against a long path chosen to defeat it would
+ * otherwise take exponential time. Returns 1, 0, or -1 when the budget ran out. */
+static int glob_steps(const char *p, const char *pe, const char *s, const char *se, long *budget)
 {
-    const char *pe = p + plen, *se = s + slen;
     while (p < pe) {
+        if (--*budget < 0)
+            return -1;
         if (*p == '*') {
             int any = p + 1 < pe && p[1] == '*';
             p += any ? 2 : 1;
             for (const char *t = s;; t++) {
-                if (hook_glob(p, (size_t)(pe - p), t, (size_t)(se - t)))
-                    return 1;
+                int r = glob_steps(p, pe, t, se, budget);
+                if (r)
+                    return r;
                 if (t == se || (!any && *t == '/'))
                     return 0;
             }
@@ -252,6 +256,14 @@ int hook_glob(const char *p, size_t plen, const char *s, size_t slen)
         s++;
     }
     return s == se;
+}
+
+#define GLOB_BUDGET 100000
+
+int hook_glob(const char *p, size_t plen, const char *s, size_t slen)
+{
+    long budget = GLOB_BUDGET;
+    return glob_steps(p, p + plen, s, s + slen, &budget);
 }
 
 struct filter {
@@ -284,8 +296,13 @@ static void probe(const struct hook_rules *r, uint64_t h, int type, const char *
             continue;
         if (f.port >= 0 && (f.port < e->port_lo || f.port > e->port_hi))
             continue;
-        if (e->pat_len && !hook_glob(r->strings + e->pat_off, e->pat_len, subject, slen))
-            continue;
+        if (e->pat_len) {
+            int hit = hook_glob(r->strings + e->pat_off, e->pat_len, subject, slen);
+            /* out of budget: a block or audit entry counts as matching (fail closed), an allow entry
+             * as not (a path made to exhaust it must not be admitted) */
+            if (!hit || (hit < 0 && e->action == PREGUARD_ACT_ALLOW))
+                continue;
+        }
         consider(m, e, subject, slen);
     }
 }

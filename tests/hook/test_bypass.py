@@ -287,3 +287,23 @@ def test_a_vfork_child_changing_directory_does_not_mislead_the_parent(
     (elsewhere / "secret").write_text("fine")
     out = blocked.run([calls, "vforkcd", elsewhere, "secret"], cwd=secret.parent)
     assert out.stdout == "err 13\n"
+
+
+def test_a_path_made_to_defeat_the_glob_matcher_costs_little_and_fails_closed(
+    guard: Guard, calls: Path, tmp_path: Path
+) -> None:
+    deep = tmp_path / ("a" * 200)
+    deep.mkdir()
+    target = deep / ("a" * 200)
+    target.write_text("x")
+    guard.install(
+        policy(
+            {"kind": "file", "path": "/**a**a**a**a**a**b"},  # never matches; backtracking explodes
+            {"kind": "file", "path": "/**", "action": "allow"},
+            {"kind": "file", "path": "/**a**a**a**a**a**c", "action": "allow"},
+            defaults={"file": "deny"},
+        )
+    )
+    # without the budget this takes hours: Guard.run's timeout fails the test
+    out = guard.run([calls, "open", target, ""])
+    assert out.stdout == "err 13\n"  # the block pattern ran out of budget: treated as a match
