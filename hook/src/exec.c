@@ -19,6 +19,8 @@
 #define HOOK_EXEC(ret, name, params) static __attribute__((unused)) ret(*real_##name) params;
 #define HOOK_FILE(ret, name, params)
 #define HOOK_NET(ret, name, params)
+#define HOOK_PATH(ret, name, params)
+#define HOOK_FD(ret, name, params)
 #include "hooks.def"
 
 extern char **environ;
@@ -149,72 +151,12 @@ int hook_judge_exec(int dirfd, const char *path, char *const argv[], int follow)
     return 0;
 }
 
-/* -- keeping LD_PRELOAD -------------------------------------------------------------------------------
- * Where the library came in through LD_PRELOAD (musl containers: their loader ignores
- * /etc/ld.so.preload), a program must not shed it by exec'ing with a cleaned environment: the
- * exec calls put our entry back. Loaded through /etc/ld.so.preload, there is nothing to keep. */
-static char preload_entry[HOOK_PATH_MAX + 16]; /* "LD_PRELOAD=<value that named us>", or empty */
-static size_t preload_len;
-
 /* Resolved at start-up: a forked child would otherwise look it up after every fork. */
 void hook_resolve_exec(const char *self)
 {
     (void)REAL(execve);
-    const char *value = getenv("LD_PRELOAD");
-    size_t n = value ? strlen(value) : 0;
-    if (!self || !*self || !value || !strstr(value, self) || n + 12 > sizeof preload_entry)
-        return;
-    memcpy(preload_entry, "LD_PRELOAD=", 11);
-    memcpy(preload_entry + 11, value, n + 1);
-    preload_len = 11 + n;
+    hook_preload_init(self);
 }
-
-static int keeps_us(const char *entry)
-{
-    return !strncmp(entry, "LD_PRELOAD=", 11) && strstr(entry, preload_entry + 11);
-}
-
-/* envp, or a copy in `out` (room for count + 2 pointers) whose LD_PRELOAD names us again; `joined`
- * holds a combined entry when the program set an LD_PRELOAD of its own. */
-static char *const *with_preload(char *const envp[], char **out, size_t count, char *joined, size_t room)
-{
-    size_t k = 0, mine = SIZE_MAX;
-    for (size_t i = 0; i < count; i++) {
-        if (keeps_us(envp[i]))
-            return envp;
-        if (!strncmp(envp[i], "LD_PRELOAD=", 11))
-            mine = i;
-        out[k++] = envp[i];
-    }
-    if (mine != SIZE_MAX && preload_len + 1 + strlen(envp[mine] + 11) < room) {
-        /* ours first, then theirs */
-        memcpy(joined, preload_entry, preload_len);
-        joined[preload_len] = ' ';
-        strcpy(joined + preload_len + 1, envp[mine] + 11);
-        out[mine] = joined;
-    } else {
-        out[k++] = preload_entry;
-    }
-    out[k] = NULL;
-    return out;
-}
-
-static size_t env_count(char *const envp[])
-{
-    size_t n = 0;
-    while (envp && envp[n])
-        n++;
-    return n;
-}
-
-/* Declares `name`: envp, or the copy that keeps LD_PRELOAD (stack only). */
-#define KEEP_PRELOAD(name, envp)                                                                                       \
-    size_t name##_n = preload_len ? env_count(envp) : 0;                                                               \
-    char *name##_copy[name##_n + 2];                                                                                   \
-    char name##_joined[preload_len ? HOOK_PATH_MAX : 1];                                                               \
-    char *const *name = preload_len && (envp)                                                                          \
-                            ? with_preload((envp), name##_copy, name##_n, name##_joined, sizeof name##_joined)         \
-                            : (envp)
 
 /* What execvp would run: the first executable candidate along PATH. */
 static int search(const char *file, char *out)
@@ -256,17 +198,6 @@ static int judge_search(const char *file, char *const argv[])
     char found[HOOK_PATH_MAX];
     return search(file, found) == 0 ? hook_judge_exec(AT_FDCWD, found, argv, 1) : 0;
 }
-
-/* Runs judge under the guard: 0 to go on (errno as it was), -1 when blocked (errno set). */
-#define JUDGE(expr)                                                                                                    \
-    __extension__({                                                                                                    \
-        hook_init();                                                                                                   \
-        int saved_ = errno, rc_ = (expr);                                                                              \
-        hook_leave();                                                                                                  \
-        if (!rc_)                                                                                                      \
-            errno = saved_;                                                                                            \
-        rc_;                                                                                                           \
-    })
 
 HOOK_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {

@@ -2,6 +2,7 @@
 #ifndef PREGUARD_HOOK_H
 #define PREGUARD_HOOK_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -95,6 +96,32 @@ int hook_judge_exec(int dirfd, const char *path, char *const argv[], int follow)
 struct sockaddr;
 int hook_judge_net(int fd, const struct sockaddr *addr, unsigned len, int access, int flags);
 void hook_resolve_exec(const char *self); /* self: the file name we were loaded as */
+
+/* Judges under the guard: 0 to go on (errno as it was), -1 when blocked (errno set). */
+#define JUDGE(expr)                                                                                                    \
+    __extension__({                                                                                                    \
+        hook_init();                                                                                                   \
+        int saved_ = errno, rc_ = (expr);                                                                              \
+        hook_leave();                                                                                                  \
+        if (!rc_)                                                                                                      \
+            errno = saved_;                                                                                            \
+        rc_;                                                                                                           \
+    })
+
+/* -- env.c: keeping LD_PRELOAD across exec -------------------------------------------------------- */
+extern char hook_preload_entry[]; /* "LD_PRELOAD=<value that named us>", or empty */
+extern size_t hook_preload_len;
+void hook_preload_init(const char *self);
+size_t hook_env_count(char *const envp[]);
+char *const *hook_with_preload(char *const envp[], char **out, size_t count, char *joined, size_t room);
+/* Declares `name`: envp, or the copy that keeps LD_PRELOAD (stack only). */
+#define KEEP_PRELOAD(name, envp)                                                                                       \
+    size_t name##_n = hook_preload_len ? hook_env_count(envp) : 0;                                                     \
+    char *name##_copy[name##_n + 2];                                                                                   \
+    char name##_joined[hook_preload_len ? HOOK_PATH_MAX : 1];                                                          \
+    char *const *name = hook_preload_len && (envp)                                                                     \
+                            ? hook_with_preload((envp), name##_copy, name##_n, name##_joined, sizeof name##_joined)    \
+                            : (envp)
 
 /* raw system calls: never through the hooks, never touching another library's state */
 long hook_sys(long nr, long a, long b, long c, long d, long e, long f);

@@ -26,6 +26,8 @@ struct mmsghdr {
 #define HOOK_NET(ret, name, params) static __attribute__((unused)) ret(*real_##name) params;
 #define HOOK_EXEC(ret, name, params)
 #define HOOK_FILE(ret, name, params)
+#define HOOK_PATH(ret, name, params)
+#define HOOK_FD(ret, name, params)
 #include "hooks.def"
 
 static size_t put_port(char *out, size_t at, int port)
@@ -119,16 +121,6 @@ int hook_judge_net(int fd, const struct sockaddr *addr, socklen_t len, int acces
     }
     return 0;
 }
-
-#define JUDGE(expr)                                                                                                    \
-    __extension__({                                                                                                    \
-        hook_init();                                                                                                   \
-        int saved_ = errno, rc_ = (expr);                                                                              \
-        hook_leave();                                                                                                  \
-        if (!rc_)                                                                                                      \
-            errno = saved_;                                                                                            \
-        rc_;                                                                                                           \
-    })
 
 HOOK_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
