@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,11 +17,21 @@ from nats.aio.client import Client as NATS
 from preguard.probe import Probe, ProbeSettings
 from preguard.probe.service import ensure_streams
 from preguard.proto import Policy, PolicyBundle, Subjects, encode
-from tests.conftest import MakeContainer
+from tests.conftest import MakeContainer, need
 from tests.support.images import build_image, remove_images
 
 SCOPE_LABEL = "preguard.test"
 LIBDL = "/usr/lib/x86_64-linux-gnu/libdl.so.2"
+
+
+@pytest.fixture(scope="session")
+def musl_image(docker_engine: None) -> Iterator[str]:
+    """Our own tag: a concurrent session's teardown of the shared tag cannot remove it under us."""
+    if shutil.which("musl-gcc") is None:
+        need("musl-gcc", "install Debian's musl-tools")
+    tag = build_image("musl", "preguard-test-probe-musl")
+    yield tag
+    remove_images([tag])
 
 
 @pytest.fixture(scope="session")
