@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
@@ -88,3 +90,11 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 (nothing to wait on: leases move on a timer)
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def no_failed_loops() -> Iterator[list[MutableMapping[str, Any]]]:
+    """A partition or health loop that failed and restarted is a bug even when the test passes."""
+    with structlog.testing.capture_logs() as logs:
+        yield logs
+    assert [e for e in logs if e["event"] == "loop_failed"] == []

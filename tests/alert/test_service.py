@@ -19,7 +19,21 @@ from nats.js.api import DeliverPolicy
 
 from preguard.alert.settings import AlertSettings
 from preguard.alert.streams import ensure_events
-from preguard.proto import Alert, Event, Kind, Severity, Subjects, decode, encode
+from preguard.proto import (
+    Alert,
+    AlertList,
+    AlertQuery,
+    ContainerStatus,
+    Event,
+    Kind,
+    ProbeStatus,
+    ProcessCoverage,
+    Refused,
+    Severity,
+    Subjects,
+    decode,
+    encode,
+)
 from tests.alert.conftest import make_event, next_alert, until
 
 MakeService = Callable[..., Any]
@@ -232,3 +246,84 @@ async def test_two_instances_give_the_same_alerts_as_one(
     assert len(one) == 32
     assert sorted(c for _, c in one.values()) == sorted(i * 7 + 1 for i in range(32))
     assert two == one  # same ids (derived from stream position), same counts
+
+
+def heartbeat(host: str, *uncovered: ProcessCoverage, interval: float = 0.1) -> bytes:
+    container = ContainerStatus(id="c0ffee000001", name="web-1", image="nginx", uncovered=list(uncovered))
+    status = ProbeStatus(host=host, time=datetime.now(UTC), interval=interval, containers=[container])
+    return encode(status)
+
+
+async def test_silent_probe_raises_a_critical_alert_and_its_return_clears_it(
+    nc: NATS, subjects: Subjects, make_service: MakeService
+) -> None:
+    await make_service()
+    sub = await nc.subscribe(subjects.alerts_all())
+    for _ in range(3):  # a probe beating every 0.1 s, then silent
+        await nc.publish(subjects.status("host-b"), heartbeat("host-b"))
+        await asyncio.sleep(0.1)  # the probe's own pace, not a wait for a message
+    raised = await next_alert(sub)
+    assert (raised.kind, raised.severity, raised.action, raised.state, raised.host) == (
+        Kind.PROBE,
+        Severity.CRITICAL,
+        "raised",
+        "new",
+        "host-b",
+    )
+    await nc.publish(subjects.status("host-b"), heartbeat("host-b"))
+    cleared = await next_alert(sub)
+    assert (cleared.id, cleared.action, cleared.state) == (raised.id, "cleared", "final")
+    await sub.unsubscribe()
+
+
+async def test_coverage_alert_is_raised_once_per_change_naming_processes_and_why(
+    nc: NATS, subjects: Subjects, make_service: MakeService
+) -> None:
+    await make_service()
+    sub = await nc.subscribe(subjects.alerts(Severity.HIGH, "host-c"))
+    old = ProcessCoverage(pid=12, exe="/usr/bin/app", reason="started_before_injection")
+    static = ProcessCoverage(pid=40, exe="/opt/gobin", reason="static_binary")
+    for status in [heartbeat("host-c", old, interval=60)] * 3 + [
+        heartbeat("host-c", old, static, interval=60)
+    ]:
+        await nc.publish(subjects.status("host-c"), status)
+    await nc.publish(subjects.status("host-c"), heartbeat("host-c", interval=60))
+    first, second, cleared = [await next_alert(sub) for _ in range(3)]
+    assert first.kind == Kind.COVERAGE and first.detail == "pid 12 /usr/bin/app: started_before_injection"
+    assert "pid 40 /opt/gobin: static_binary" in second.detail and second.id != first.id
+    assert (cleared.id, cleared.action, cleared.state) == (second.id, "cleared", "final")
+    await sub.unsubscribe()
+
+
+async def test_query_filters_by_severity_host_container_policy_since_and_limit(
+    nc: NATS, subjects: Subjects, make_service: MakeService
+) -> None:
+    await make_service()
+    sub = await nc.subscribe(subjects.alerts_all())
+    t0 = datetime.now(UTC)
+    events = [
+        make_event(host="h1", severity=Severity.LOW, policy="p-low"),
+        make_event(host="h1", severity=Severity.CRITICAL, policy="p-crit", target="/bin/nc"),
+        make_event(host="h2", container_id="0123456789ab", container_name="db-1", policy="p-db"),
+    ]
+    for e in events:
+        await publish(nc, subjects, [e])
+    news = {a.policy: a for a in [await next_alert(sub) for _ in events]}
+
+    async def ask(**filters: Any) -> list[str]:
+        reply = await nc.request(subjects.api_alerts("query"), encode(AlertQuery(**filters)), timeout=5)
+        return sorted(a.policy for a in decode(reply.data, AlertList).alerts)
+
+    assert await ask() == ["p-crit", "p-db", "p-low"]
+    assert await ask(severity=["critical", "low"]) == ["p-crit", "p-low"]
+    assert await ask(host="h2") == ["p-db"]
+    assert await ask(container="db-1") == ["p-db"] == await ask(container="0123456789ab")
+    assert await ask(policy="p-low") == ["p-low"]
+    assert await ask(host="h1", severity=["critical"]) == ["p-crit"]
+    assert await ask(since=t0 + timedelta(hours=1)) == []
+    assert len(await ask(limit=2)) == 2
+    reply = await nc.request(subjects.api_alerts("query"), encode(AlertQuery(policy="p-db")), timeout=5)
+    assert decode(reply.data, AlertList).alerts == [news["p-db"]]  # the whole alert, latest state
+    refused = await nc.request(subjects.api_alerts("query"), b'{"limit": "ten"}', timeout=5)
+    assert decode(refused.data, Refused).error == "invalid query"
+    await sub.unsubscribe()

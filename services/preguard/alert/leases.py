@@ -14,6 +14,7 @@ import math
 from collections.abc import Awaitable, Callable
 
 import structlog
+from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyValueError
 from nats.js.kv import KeyValue
 
@@ -25,19 +26,22 @@ log = structlog.get_logger()
 class Leases:
     def __init__(
         self,
+        js: JetStreamContext,
+        bucket: str,
         kv: KeyValue,
         instance: str,
         partitions: int,
         acquire: Callable[[int], Awaitable[None]],
         release: Callable[[int], Awaitable[None]],
     ) -> None:
+        self._js, self._bucket = js, bucket
         self._kv, self.instance, self.partitions = kv, instance, partitions
         self._acquire, self._release = acquire, release
         self.held: dict[int, int] = {}  # partition -> revision of our last write
 
     async def tick(self) -> None:
         await self._kv.put(f"member.{self.instance}", b"")
-        members = len(await entries(self._kv, "member.*"))
+        members = len(await entries(self._js, self._bucket, self._kv, "member.*"))
         quota = math.ceil(self.partitions / max(members, 1))
         for p, revision in list(self.held.items()):
             try:

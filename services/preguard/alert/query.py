@@ -16,10 +16,9 @@ FETCH = 1000
 
 def filter_subjects(subjects: Subjects, q: AlertQuery) -> list[str]:
     """Severity and host are subject tokens, so the server filters those before we read anything."""
-    host = token(q.host) if q.host else "*"
-    if not q.severity:
-        return [f"{subjects.prefix}.alerts.*.{host}" if q.host else subjects.alerts_all()]
-    return [subjects.alerts(s, host) for s in sorted(set(q.severity))]
+    host = token(q.host) if q.host else "*"  # Subjects.alerts() would sanitise a wildcard away
+    severities = sorted({token(s) for s in q.severity}) or ["*"]
+    return [f"{subjects.prefix}.alerts.{s}.{host}" for s in severities]
 
 
 def matches(q: AlertQuery, a: Alert) -> bool:

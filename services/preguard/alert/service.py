@@ -19,7 +19,7 @@ from preguard.alert.health import HealthTracker, HostHealth
 from preguard.alert.leases import Leases
 from preguard.alert.query import query
 from preguard.alert.settings import AlertSettings
-from preguard.alert.streams import ensure_streams, entries
+from preguard.alert.streams import ensure_streams, entries, lease_bucket, state_bucket
 from preguard.alert.worker import PartitionWorker, publish_alerts
 from preguard.proto import (
     AlertList,
@@ -73,7 +73,13 @@ class AlertService:
         """Returns once the streams exist, the first lease round is done and the API listens."""
         self._state, leases_kv = await ensure_streams(self._js, self._subjects, self._settings)
         self._leases = Leases(
-            leases_kv, self._settings.instance, self._settings.partitions, self._acquire, self._release
+            self._js,
+            lease_bucket(self._subjects),
+            leases_kv,
+            self._settings.instance,
+            self._settings.partitions,
+            self._acquire,
+            self._release,
         )
         await self._tasks.__aenter__()
         query_subject = self._subjects.api_alerts("query")
@@ -92,8 +98,7 @@ class AlertService:
             async with asyncio.timeout(timeout):
                 if self._lease_task is not None:
                     self._lease_task.cancel()  # a round cut short leaves the held revisions stale,
-                    with contextlib.suppress(asyncio.CancelledError):  # which leave() tolerates
-                        await self._lease_task
+                    await asyncio.wait([self._lease_task])  # which leave() tolerates
                 for p in list(self._workers):
                     await self._release(p)
                 if self._leases is not None:
@@ -127,11 +132,11 @@ class AlertService:
         worker = PartitionWorker(
             self._js, self._state, self._subjects, self._settings, partition, clock=self._clock
         )
-        task = self._spawn(self._supervise(f"partition {partition}", worker.run))
+        task = self._spawn(self._supervise(f"partition {partition}", worker.run, lambda: worker.stopping))
         self._workers[partition] = (worker, task)
         if partition == HEALTH_PARTITION:
             stop = asyncio.Event()
-            health = self._spawn(self._supervise("health", lambda: self._watch_probes(stop)))
+            health = self._spawn(self._supervise("health", lambda: self._watch_probes(stop), stop.is_set))
             self._health = (stop, health)
 
     async def _release(self, partition: int) -> None:
@@ -144,9 +149,11 @@ class AlertService:
             await health
         await task
 
-    async def _supervise(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+    async def _supervise(
+        self, what: str, run: Callable[[], Awaitable[None]], stopping: Callable[[], bool]
+    ) -> None:
         """Restart a failed loop from its persisted state (a partition's unacknowledged batch replays)."""
-        while True:
+        while not stopping():
             try:
                 await run()
                 return
@@ -158,7 +165,7 @@ class AlertService:
     async def _watch_probes(self, stop: asyncio.Event) -> None:
         assert self._state is not None
         tracker = HealthTracker(misses=self._settings.health_misses, clock=self._clock)
-        for entry in await entries(self._state, "health.*"):
+        for entry in await entries(self._js, state_bucket(self._subjects), self._state, "health.*"):
             if entry.value:
                 tracker.restore(_host_health.decode(entry.value))
         queue: asyncio.Queue[ProbeStatus] = asyncio.Queue()

@@ -12,6 +12,8 @@ leases   KV `<prefix>_alerts_leases`: which instance owns which partition, and w
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -23,7 +25,7 @@ from nats.js.api import (
     StreamSource,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from preguard.alert.settings import AlertSettings
@@ -127,16 +129,22 @@ async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
         return await js.key_value(config.bucket)
 
 
-async def entries(kv: KeyValue, pattern: str) -> list[KeyValue.Entry]:
-    """The live entries whose keys match a subject pattern (KeyValue.keys() filters by substring)."""
-    watcher = await kv.watch(pattern, ignore_deletes=True)
-    found = []
-    try:
-        while True:
-            entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
-            if entry is None:  # the end of what is stored now
-                break
+async def entries(js: JetStreamContext, bucket: str, kv: KeyValue, pattern: str) -> list[KeyValue.Entry]:
+    """The live entries whose keys match a subject pattern.
+
+    Not KeyValue.keys() (it filters by substring, client side) nor a watcher (it waits forever, or
+    for its timeout, when an entry expires between its count and its delivery): the stream's
+    subject list, then one get per key.
+    """
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{pattern}")
+    keys = [subject.split(".", 2)[2] for subject in info.state.subjects or {}]
+    found: list[KeyValue.Entry] = []
+    for i in range(0, len(keys), 256):
+        got = await asyncio.gather(*(kv.get(k) for k in keys[i : i + 256]), return_exceptions=True)
+        for entry in got:
+            if isinstance(entry, NotFoundError):
+                continue  # deleted or expired since the listing
+            if isinstance(entry, BaseException):
+                raise entry
             found.append(entry)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
     return found

@@ -2,13 +2,14 @@
 
 A batch commits in this order: alerts published (JetStream, Msg-Id), window states written to the
 state bucket, then the messages acknowledged. A crash anywhere before the acks replays the batch:
-the consumer is recreated at the ack floor on every start, so replay is in stream order, and the
+the consumer is recreated on every start, so replay is in stream order, and the
 windows skip what they already counted (see aggregate.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from preguard.alert.aggregate import Aggregator, Window
 from preguard.alert.settings import AlertSettings
-from preguard.alert.streams import entries, work_stream, work_subject
+from preguard.alert.streams import entries, state_bucket, work_stream, work_subject
 from preguard.proto import Alert, Subjects, decode_events, encode
 
 log = structlog.get_logger()
@@ -65,6 +66,10 @@ class PartitionWorker:
         self._clock = clock
         self._stopping = asyncio.Event()
         self.events = 0  # folded since start, for the benchmark and logs
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def stop(self) -> None:
         """Finish the batch in hand (published, persisted, acknowledged), then return from run()."""
@@ -123,28 +128,27 @@ class PartitionWorker:
             )
 
     async def _restore(self, agg: Aggregator) -> int:
-        found = await entries(self._state, f"p{self.partition}.*")
+        found = await entries(self._js, state_bucket(self._subjects), self._state, f"p{self.partition}.*")
         for entry in found:
             if entry.value:
                 agg.restore(_window.decode(entry.value))
         return len(found)
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        """(Re)create the durable at its ack floor, so that a replay comes strictly in order."""
+        """A fresh durable on every start, so that a replay comes strictly in stream order.
+
+        The work stream has work-queue retention: what was acknowledged is gone, so "deliver all"
+        starts at the oldest unacknowledged message, the consumer's ack floor. Messages delivered
+        but unacknowledged by the previous owner come again, in order, and not after newer ones.
+        """
         stream, durable = work_stream(self._subjects), f"alert-p{self.partition}"
-        start = None
-        try:
-            info = await self._js.consumer_info(stream, durable)
-            start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
+        with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(stream, durable)
-        except NotFoundError:
-            pass
         config = ConsumerConfig(
             durable_name=durable,
             filter_subject=work_subject(self._subjects, self.partition),
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-            opt_start_seq=start,
+            deliver_policy=DeliverPolicy.ALL,
             ack_wait=60.0,
             max_ack_pending=-1,
         )
