@@ -6,6 +6,7 @@ import html
 import re
 
 import aiohttp
+import msgspec
 from nats.aio.client import Client as NATS
 
 from preguard.console import ConsoleServer
@@ -277,3 +278,34 @@ async def test_without_a_policy_service_the_pages_say_so(client: Client) -> None
     status, page = await client.get("/policies")
     assert status == 200
     assert "no policy service is answering" in page
+
+
+async def test_a_reconnecting_stream_is_sent_what_changed_while_it_was_away(
+    client: Client, console: ConsoleServer, nc: NATS, subjects: Subjects
+) -> None:
+    await client.sign_in()
+    sub = await nc.subscribe(subjects.alerts_all())
+    url = client.base + "/alerts/stream"
+    async with client.session.get(url) as stream:
+        while await next_line(stream) != b": connected":
+            pass
+        await nc.publish(subjects.alerts("high", "h1"), encode(alert("/seen", alert_id="seen")))
+        while not (line := await next_line(stream)).startswith(b"id: "):
+            pass
+        last_id = line.removeprefix(b"id: ").decode()
+    # away: two alerts change while no stream is open
+    await nc.publish(subjects.alerts("high", "h1"), encode(alert("/missed", alert_id="missed")))
+    await nc.publish(subjects.alerts("high", "h1"), encode(alert("/seen", 2, alert_id="seen")))
+    for _ in range(3):
+        await sub.next_msg(timeout=2)
+    for _ in range(50):  # the console's own subscription may lag ours by a moment
+        seen = console.console.book.get("seen")
+        if console.console.book.get("missed") and seen is not None and seen.count == 2:
+            break
+        await nc.flush()
+    async with client.session.get(url, headers={"Last-Event-ID": last_id}) as stream:
+        data = []
+        while len(data) < 2:
+            if (line := await next_line(stream)).startswith(b"data: "):
+                data.append(msgspec.json.decode(line.removeprefix(b"data: ")))
+    assert [(d["id"], d["count"]) for d in data] == [("missed", 1), ("seen", 2)]

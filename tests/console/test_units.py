@@ -93,14 +93,15 @@ def test_chart_draws_one_bar_part_per_severity_and_slice_without_inline_style() 
 
 def test_book_keeps_the_highest_count_when_an_older_copy_arrives_late() -> None:
     book = AlertBook(limit=2)
-    book.add(alert("/a", 5, alert_id="x"))
-    book.add(alert("/a", 3, alert_id="x"))
+    seq = book.add(alert("/a", 5, alert_id="x"))
+    assert book.add(alert("/a", 3, alert_id="x")) == seq  # nothing changed
     got = book.get("x")
     assert got is not None
     assert got.count == 5
     book.add(alert("/b", alert_id="y"))
     book.add(alert("/c", alert_id="z"))
     assert book.get("x") is None  # the oldest went
+    assert [a.id for _, a in book.since(seq)] == ["y", "z"]
 
 
 def test_filters_match_severity_host_container_and_policy() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from preguard.console.state import AlertBook, Hosts
 from preguard.proto import Alert
 
 log = structlog.get_logger()
+Live = tuple[int, Alert]  # an alert and its sequence number in the book
 HERE = Path(__file__).parent
 PUBLIC = ("/login", "/static/")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -43,15 +45,16 @@ class Console:
     hosts: Hosts = field(default_factory=Hosts)
     book: AlertBook = field(default_factory=AlertBook)
     sessions: Sessions = field(default_factory=Sessions)
-    streams: set[asyncio.Queue[Alert | None]] = field(default_factory=set)
+    streams: set[asyncio.Queue[Live | None]] = field(default_factory=set)
+    epoch: str = field(default_factory=lambda: secrets.token_hex(4))  # tells our event ids from a restart's
     secure_cookie: bool = False  # set when the console is served over TLS (or behind a TLS proxy)
 
     def publish(self, alert: Alert) -> None:
         """Hand one live alert to every open event stream; a stream that cannot keep up is closed."""
-        self.book.add(alert)
+        live = (self.book.add(alert), alert)
         for queue in list(self.streams):
             try:
-                queue.put_nowait(alert)
+                queue.put_nowait(live)
             except asyncio.QueueFull:
                 self.streams.discard(queue)
                 queue.get_nowait()  # make room for the sentinel that ends that stream

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from aiohttp import web
 
-from preguard.console.app import CONSOLE, render
+from preguard.console.app import CONSOLE, Live, render
 from preguard.console.bus import Unavailable
 from preguard.console.chart import severity_chart
 from preguard.console.state import SEVERITIES, hourly_counts, matches, merge
@@ -95,29 +95,36 @@ async def alert_page(request: web.Request) -> web.StreamResponse:
 
 
 async def alert_stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one `alert` event per new or updated alert that passes the filters."""
+    """Server-sent events: one `alert` event per new or updated alert that passes the filters.
+
+    Event ids are `<epoch>-<sequence>`; a browser reconnecting with Last-Event-ID from this same
+    console is first sent what changed while it was away.
+    """
     console = request.app[CONSOLE]
     query = query_from(request)
-    queue: asyncio.Queue[Alert | None] = asyncio.Queue(STREAM_QUEUE)
+    queue: asyncio.Queue[Live | None] = asyncio.Queue(STREAM_QUEUE)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    console.streams.add(queue)
+    console.streams.add(queue)  # before the replay: nothing falls between the two
     log.info("alert_stream_opened", remote=request.remote)
+    sent = 0
     try:
         await response.write(b"retry: 2000\n: connected\n\n")
+        epoch, _, last = request.headers.get("Last-Event-ID", "").partition("-")
+        missed = console.book.since(int(last)) if epoch == console.epoch and last.isdigit() else []
+        for change in missed:
+            sent = await _send(response, console.epoch, query, change, sent)
         while True:
             try:
-                alert = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                item = await asyncio.wait_for(queue.get(), KEEPALIVE)
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
-            if alert is None:  # the console is stopping, or this stream fell behind
+            if item is None:  # the console is stopping, or this stream fell behind
                 break
-            if matches(query, alert):
-                # msgspec's JSON has no raw newlines, so one data line carries one alert
-                await response.write(b"event: alert\ndata: " + encode(alert) + b"\n\n")
+            sent = await _send(response, console.epoch, query, item, sent)
         await response.write_eof()
     except ConnectionResetError:
         pass  # the browser went away
@@ -125,3 +132,11 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
         console.streams.discard(queue)
         log.info("alert_stream_closed", remote=request.remote)
     return response
+
+
+async def _send(response: web.StreamResponse, epoch: str, query: AlertQuery, item: Live, sent: int) -> int:
+    seq, alert = item
+    if seq > sent and matches(query, alert):  # a replayed change is not sent twice
+        # msgspec's JSON has no raw newlines, so one data line carries one alert
+        await response.write(f"id: {epoch}-{seq}\nevent: alert\ndata: ".encode() + encode(alert) + b"\n\n")
+    return max(sent, seq)

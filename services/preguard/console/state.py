@@ -43,26 +43,40 @@ class Hosts:
 
 
 class AlertBook:
-    """Recent alerts by id, newest last; the live feed and query replies both land here."""
+    """Recent alerts by id, in the order they last changed; the live feed and query replies land here.
+
+    Each change gets a sequence number, so a browser that reconnects (sending the last number it
+    saw) is sent what changed while it was away.
+    """
 
     def __init__(self, limit: int = MAX_ALERTS) -> None:
-        self._alerts: OrderedDict[str, Alert] = OrderedDict()
+        self._alerts: OrderedDict[str, tuple[int, Alert]] = OrderedDict()
         self._limit = limit
+        self._seq = 0
 
-    def add(self, alert: Alert) -> None:
-        old = self._alerts.pop(alert.id, None)
-        if old is not None and old.count > alert.count:  # an older copy arrived late: keep the newer
-            alert = old
-        self._alerts[alert.id] = alert
+    def add(self, alert: Alert) -> int:
+        """Keep the alert; its sequence number (unchanged if a late, older copy arrived)."""
+        old = self._alerts.get(alert.id)
+        if old is not None and old[1].count > alert.count:  # an older copy arrived late: keep ours
+            return old[0]
+        self._alerts.pop(alert.id, None)
+        self._seq += 1
+        self._alerts[alert.id] = (self._seq, alert)
         while len(self._alerts) > self._limit:
             self._alerts.popitem(last=False)
+        return self._seq
 
     def get(self, alert_id: str) -> Alert | None:
-        return self._alerts.get(alert_id)
+        found = self._alerts.get(alert_id)
+        return found[1] if found else None
 
     def query(self, q: AlertQuery) -> list[Alert]:
-        found = [a for a in reversed(self._alerts.values()) if matches(q, a)]
+        found = [a for _, a in reversed(self._alerts.values()) if matches(q, a)]
         return found[: q.limit]
+
+    def since(self, seq: int) -> list[tuple[int, Alert]]:
+        """What changed after `seq`, oldest first."""
+        return [(n, a) for n, a in self._alerts.values() if n > seq]
 
 
 def matches(q: AlertQuery, alert: Alert) -> bool:
