@@ -160,6 +160,8 @@ static struct hook_rules *load(uint64_t generation)
     }
     unsigned slot = __atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED) % POOL;
     struct hook_rules *r = &pool[slot];
+    if (r == __atomic_load_n(&current, __ATOMIC_ACQUIRE)) /* many threads raced to load: never the live one */
+        r = &pool[(slot + 1) % POOL];
     if (r->base)
         SYS3(SYS_munmap, r->base, r->size, 0);
     const struct preguard_rules_header *h = m;
