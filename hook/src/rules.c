@@ -158,10 +158,12 @@ static struct hook_rules *load(uint64_t generation)
         SYS3(SYS_munmap, m, size, 0);
         return NULL;
     }
-    unsigned slot = __atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED) % POOL;
-    struct hook_rules *r = &pool[slot];
-    if (r == __atomic_load_n(&current, __ATOMIC_ACQUIRE)) /* many threads raced to load: never the live one */
-        r = &pool[(slot + 1) % POOL];
+    /* every loader draws its own slot; one that holds the live rules is skipped (many threads racing
+     * to load could otherwise wrap onto it) */
+    struct hook_rules *r;
+    do
+        r = &pool[__atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED) % POOL];
+    while (r == __atomic_load_n(&current, __ATOMIC_ACQUIRE));
     if (r->base)
         SYS3(SYS_munmap, r->base, r->size, 0);
     const struct preguard_rules_header *h = m;
