@@ -18,6 +18,7 @@ from playwright.async_api import Page, expect
 from preguard.alert.service import AlertService
 from preguard.console import ConsoleServer
 from preguard.policy.service import PolicyService
+from tests.conftest import need
 from tests.console.browser import chromium, chromium_path
 from tests.console.conftest import TOKEN, XSS, Guarded
 
@@ -51,7 +52,7 @@ def shots(artifacts_dir: Path) -> Callable[[Page, str], Awaitable[None]]:
 @pytest.fixture
 async def page(console: ConsoleServer) -> AsyncIterator[Page]:
     if chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        need("chromium", "install Debian's chromium (apt-get install chromium); nothing is downloaded")
     async with chromium() as browser:
         context = await browser.new_context(base_url=console.url, viewport={"width": 1280, "height": 900})
         page = await context.new_page()
