@@ -133,6 +133,11 @@ async def test_operator_session_in_a_real_browser(
     xss_cell = page.locator("#alerts td.target", has_text=XSS)
     await expect(xss_cell).to_have_text(f"/tmp/{XSS}")
     await shots(page, "alerts")
+    # a filter from a row: only this container's alerts, still live
+    await row.locator("td.container a").click()
+    await expect(page).to_have_url(re.compile(r"/alerts\?container=[0-9a-f]{12}$"))
+    await expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    await expect(row.locator(".count")).to_have_text("2")
     await page.reload()
     await expect(xss_cell).to_have_text(f"/tmp/{XSS}")
     assert await page.locator("#alerts img").count() == 0

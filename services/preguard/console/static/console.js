@@ -25,6 +25,16 @@
     return td;
   }
 
+  function filterCell(text, key, value, cls) {
+    const td = cell("", cls);
+    const link = document.createElement("a");
+    link.className = "filter";
+    link.href = "/alerts?" + new URLSearchParams([[key, String(value || "")]]).toString();
+    link.textContent = text;
+    td.appendChild(link);
+    return td;
+  }
+
   function findRow(id) {
     for (const row of body.rows) {
       if (row.dataset.id === id) return row;
@@ -49,9 +59,9 @@
     badge.textContent = a.severity;
     sev.appendChild(badge);
     row.appendChild(sev);
-    row.appendChild(cell(a.host));
-    row.appendChild(cell(a.container_name, "container"));
-    row.appendChild(cell(a.policy));
+    row.appendChild(filterCell(a.host, "host", a.host, ""));
+    row.appendChild(filterCell(a.container_name, "container", a.container_id, "container"));
+    row.appendChild(filterCell(a.policy, "policy", a.policy, ""));
     row.appendChild(cell(a.kind));
     const target = cell("", "target");
     const link = document.createElement("a");
