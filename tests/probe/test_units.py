@@ -213,3 +213,12 @@ def test_one_container_cannot_fill_the_whole_outage_buffer() -> None:
     publisher.submit("flood", "s.flood", [event] * 5)
     publisher.submit("quiet", "s.quiet", [event])
     assert (publisher.held, dropped) == (3, {"flood": 3})
+
+
+def test_a_truncated_library_build_is_not_complete() -> None:
+    from preguard.probe.inject import complete_elf
+
+    whole = Path("/bin/ls").read_bytes()
+    assert complete_elf(whole)
+    assert not complete_elf(whole[: len(whole) // 2])
+    assert not complete_elf(b"")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -41,8 +42,20 @@ def _identity(st: os.stat_result | None) -> Identity | None:
 
 @functools.cache
 def library_bytes(family: str) -> bytes:
-    """The build for a libc family; FileNotFoundError when it was not built (no musl-gcc)."""
-    return (LIB_DIR / abi.LIBRARY_BUILDS[family]).read_bytes()
+    """The build for a libc family; FileNotFoundError when it was not built (no musl-gcc), and
+    ValueError when the file is not a whole ELF object (caught mid-copy by a rebuild, say)."""
+    data = (LIB_DIR / abi.LIBRARY_BUILDS[family]).read_bytes()
+    if not complete_elf(data):
+        raise ValueError(f"{abi.LIBRARY_BUILDS[family]} is not a complete ELF shared object")
+    return data
+
+
+def complete_elf(data: bytes) -> bool:
+    """A 64-bit ELF whose section header table (written last by the linker) is all there."""
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2:
+        return False
+    shoff, (shentsize, shnum) = struct.unpack_from("<Q", data, 40)[0], struct.unpack_from("<HH", data, 58)
+    return shoff > 0 and shoff + shentsize * shnum <= len(data)
 
 
 @functools.cache

@@ -242,6 +242,9 @@ class Probe:
             except (FileNotFoundError, KeyError):
                 tracked.refuse(f"no {libc.family} build of the library in this probe")
                 return
+            except ValueError as exc:
+                tracked.refuse(str(exc))
+                return
             # a library whose dependency is missing would stop every program from starting
             if missing := missing_libraries(tracked.root, libc.family, needed_libraries(library)):
                 tracked.refuse(f"the library needs {', '.join(missing)}, which the image lacks")
