@@ -54,8 +54,9 @@ def complete_elf(data: bytes) -> bool:
     """A 64-bit ELF whose section header table (written last by the linker) is all there."""
     if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2:
         return False
-    shoff, (shentsize, shnum) = struct.unpack_from("<Q", data, 40)[0], struct.unpack_from("<HH", data, 58)
-    return shoff > 0 and shoff + shentsize * shnum <= len(data)
+    shoff: int = struct.unpack_from("<Q", data, 40)[0]
+    shentsize, shnum = struct.unpack_from("<HH", data, 58)
+    return bool(shoff > 0 and shoff + shentsize * shnum <= len(data))
 
 
 @functools.cache
