@@ -7,9 +7,10 @@ import re
 
 import aiohttp
 import msgspec
+import nats
 from nats.aio.client import Client as NATS
 
-from preguard.console import ConsoleServer
+from preguard.console import ConsoleServer, serve
 from preguard.policy.service import PolicyService
 from preguard.proto import Policy, PolicyList, Severity, Subjects, decode, decode_policy, encode
 from tests.console.conftest import TOKEN, XSS, Client, alert, container, heartbeat
@@ -309,3 +310,18 @@ async def test_a_reconnecting_stream_is_sent_what_changed_while_it_was_away(
             if (line := await next_line(stream)).startswith(b"data: "):
                 data.append(msgspec.json.decode(line.removeprefix(b"data: ")))
     assert [(d["id"], d["count"]) for d in data] == [("missed", 1), ("seen", 2)]
+
+
+async def test_a_closed_nats_connection_is_a_page_saying_so(nats_url: str, subjects: Subjects) -> None:
+    own = await nats.connect(nats_url)
+    server = await serve(own, subjects, port=0, token=TOKEN)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            client = Client(session, server.url)
+            await client.sign_in()
+            await own.close()
+            status, page = await client.get("/policies/lock")
+    finally:
+        await server.stop()
+    assert status == 503
+    assert "NATS:" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -105,6 +106,8 @@ class Bus:
             raise Unavailable(f"no {service} service is answering on {subject}") from None
         except TimeoutError:  # nats.errors.TimeoutError subclasses the builtin one
             raise Unavailable(f"the {service} service did not answer on {subject} in time") from None
+        except nats.errors.Error as exc:  # connection closed, draining, reconnecting...
+            raise Unavailable(f"NATS: {exc}") from None
         return msg
 
 

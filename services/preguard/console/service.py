@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
+import nats.errors
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -86,7 +88,8 @@ class ConsoleServer:
         self.console.close_streams()
         async with asyncio.timeout(timeout):  # sub.drain() alone waits forever on a stuck handler
             for sub in self._subs:
-                await sub.unsubscribe()
+                with contextlib.suppress(nats.errors.ConnectionClosedError):  # the caller closed it first
+                    await sub.unsubscribe()
             self._subs.clear()
             if self._runner is not None:
                 await self._runner.cleanup()
