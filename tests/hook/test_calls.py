@@ -186,10 +186,14 @@ def test_exec_family_blocks_by_path_and_by_name(guard: Guard, calls: Path, call:
     assert guard.run([calls, call, program, "hi"], hooked=False).stdout == "hi\n"
 
 
-def test_posix_spawn_bound_to_its_old_symbol_version_is_judged(guard: Guard, hook_build: Path) -> None:
+@pytest.mark.parametrize(("call", "program"), [("spawn", "/usr/bin/echo"), ("spawnp", "echo")])
+def test_posix_spawn_bound_to_its_old_symbol_version_is_judged(
+    guard: Guard, hook_build: Path, call: str, program: str
+) -> None:
     guard.install(policy({"kind": "process", "path": "/usr/bin/echo"}))
-    assert guard.run([hook_build / "tests/spawn_old", "/usr/bin/echo", "hi"]).stdout == "err 13\n"
-    assert guard.run([hook_build / "tests/spawn_old", "/usr/bin/true"]).returncode == 0
+    assert guard.run([hook_build / "tests/spawn_old", call, program, "hi"]).stdout == "err 13\n"
+    assert guard.run([hook_build / "tests/spawn_old", call, "/usr/bin/true"]).returncode == 0
+    assert [e.target for e in guard.events()] == ["/usr/bin/echo"]
 
 
 @pytest.mark.parametrize("call", ["system", "popen"])
