@@ -55,6 +55,8 @@ class Api:
         wait: float = 5.0,
     ) -> T:
         msg = await self.raw(verb, body, headers, wait)
+        if reply is not Refused and msg.data.startswith(b'{"ok":false'):  # would decode as an empty reply
+            raise AssertionError(f"{verb} refused: {msg.data[:500]!r}")
         result: T = msgspec.json.decode(msg.data, type=reply)
         return result
 

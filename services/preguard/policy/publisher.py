@@ -19,7 +19,7 @@ from nats.js import errors as js_errors
 from nats.js.api import Header, StorageType, StreamConfig
 
 from preguard.policy.bundles import bundle
-from preguard.policy.store import PolicyStore
+from preguard.policy.store import PolicyStore, stop_if_cancelled
 from preguard.proto import Policy, PolicyBundle, Subjects, encode
 
 log = structlog.get_logger()
@@ -100,12 +100,14 @@ class Publisher:
 
     async def run(self) -> None:
         while True:
+            stop_if_cancelled()
             await self._wake.wait()
             self._wake.clear()
             if not self._store.loaded:
                 continue  # never from a half-read store: its revision would lie
             revision, policies, now = self._store.revision, self._store.policies(), datetime.now(UTC)
             while self._dirty and self._store.revision == revision:
+                stop_if_cancelled()
                 batch = self._next_batch()
                 results = await asyncio.gather(
                     *(self._publish(h, revision, policies, now) for h in batch), return_exceptions=True

@@ -113,17 +113,23 @@ class PolicyService:
         log.info("policy_service_started", revision=self._store.revision, hosts=len(self.hosts))
 
     async def stop(self, grace: float = 5.0) -> None:
-        async with asyncio.timeout(grace):  # sub.drain() alone waits forever on a stuck handler
-            for sub in self._subs:
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.drain()  # type: ignore[no-untyped-call]
-            self._subs.clear()
-            if self._inflight:  # answer what was taken in before stopping the loops
-                await asyncio.wait(self._inflight)
-            if self._runner is not None:
-                self._runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._runner
+        try:
+            async with asyncio.timeout(grace):  # sub.drain() alone waits forever on a stuck handler
+                for sub in self._subs:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.drain()  # type: ignore[no-untyped-call]
+                if self._inflight:  # answer what was taken in before stopping the loops
+                    await asyncio.wait(self._inflight)
+        except TimeoutError:
+            log.warning("policy_service_stop_slow", inflight=len(self._inflight))
+        self._subs.clear()
+        if self._runner is not None:
+            self._runner.cancel()
+            done, _ = await asyncio.wait({self._runner}, timeout=grace)
+            if not done:
+                log.error("policy_service_stuck")
+            elif not self._runner.cancelled() and self._runner.exception() is not None:
+                log.error("policy_service_failed_earlier", error=repr(self._runner.exception()))
 
     async def _run(self, started: asyncio.Event) -> None:
         """The store's watch and the publisher loop, until stop() cancels them."""

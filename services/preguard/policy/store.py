@@ -60,7 +60,6 @@ class PolicyStore:
         self.revision = 0  # global revision the view reflects
         self._loaded = asyncio.Event()
         self._advanced = asyncio.Condition()
-        self._restart = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
@@ -94,7 +93,7 @@ class PolicyStore:
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
-    async def sync(self, within: float = 2.0) -> None:
+    async def sync(self, within: float = 5.0) -> None:
         """Wait until the view holds every write the server has acknowledged so far.
 
         Another instance may have taken the write: reading the stream's last sequence first gives
@@ -106,13 +105,14 @@ class PolicyStore:
             async with asyncio.timeout(within), self._advanced:
                 await self._advanced.wait_for(lambda: self.loaded and self.revision >= last)
         except TimeoutError:
+            # Slow, not necessarily stuck (a busy machine): the watch finds a lost consumer itself.
             log.warning("policy_view_behind", revision=self.revision, last=last)
-            self._restart.set()  # the watch is stuck (a server restart): rebuild it
             raise
 
     async def follow(self, on_change: Callable[[], None]) -> None:
         """Keep the view current, forever; on_change runs after every change once loaded."""
         while True:
+            stop_if_cancelled()
             try:
                 await self._follow(on_change)
             except (nats.errors.Error, TimeoutError) as exc:
@@ -120,7 +120,6 @@ class PolicyStore:
                 await asyncio.sleep(0.5)
 
     async def _follow(self, on_change: Callable[[], None]) -> None:
-        self._restart.clear()
         # The load ends with the stream's last message, which is always among the last-per-key
         # ones delivered first. The watcher's own end-of-load marker alone is not enough: it can
         # come before messages still on their way to the client.
@@ -129,7 +128,8 @@ class PolicyStore:
         fresh: _View | None = _View()  # the initial load, swapped in whole once complete
         revision, marked = 0, False
         try:
-            while not self._restart.is_set():
+            while True:
+                stop_if_cancelled()
                 if fresh is not None and marked and revision >= target:
                     self._view, fresh = fresh, None
                     await self._advance(revision)
@@ -260,6 +260,17 @@ class PolicyStore:
         seq = msg.seq or 0
         deleted = (msg.headers or {}).get(_KV_OP) in _DELETED
         return seq, _decode(name, msg.data or b"", seq), deleted
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop.
+
+    On Python 3.11, asyncio.wait_for (nats-py uses it everywhere) returns its result and drops a
+    cancellation that arrives just as the result does; a loop would then run on, uncancellable.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _View:
