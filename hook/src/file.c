@@ -235,9 +235,19 @@ HOOK_EXPORT FILE *fopen(const char *path, const char *mode)
     return REAL(fopen)(path, mode);
 }
 
+/* freopen(NULL, mode, f) reopens f's own file in a new mode (a read-only file for writing): judged
+ * on the file the stream has open. */
+static int judge_reopen(const char *path, const char *mode, FILE *stream)
+{
+    if (path)
+        return judge_stdio(path, mode);
+    int excl, bits = stdio_bits(mode, &excl);
+    return stream ? hook_judge_file(fileno(stream), "", bits, 1) : 0;
+}
+
 HOOK_EXPORT FILE *freopen(const char *path, const char *mode, FILE *stream)
 {
-    if (hook_enter() && JUDGE(path ? judge_stdio(path, mode) : 0))
+    if (hook_enter() && JUDGE(judge_reopen(path, mode, stream)))
         return NULL;
     return REAL(freopen)(path, mode, stream);
 }
@@ -252,7 +262,7 @@ HOOK_EXPORT FILE *fopen64(const char *path, const char *mode)
 
 HOOK_EXPORT FILE *freopen64(const char *path, const char *mode, FILE *stream)
 {
-    if (hook_enter() && JUDGE(path ? judge_stdio(path, mode) : 0))
+    if (hook_enter() && JUDGE(judge_reopen(path, mode, stream)))
         return NULL;
     return REAL(freopen64)(path, mode, stream);
 }

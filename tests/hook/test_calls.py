@@ -288,3 +288,10 @@ def test_calls_through_libc_syscall_are_judged(guard: Guard, calls: Path, files:
     assert guard.run([calls, "sys_open", files / "public"]).stdout == "ok\n"
     assert guard.run([calls, "sys_execve", "/usr/bin/printf", "x"]).stdout == "x"
     assert len(guard.events()) == 6
+
+
+def test_freopen_of_the_same_file_in_a_writing_mode_is_judged(guard: Guard, calls: Path, files: Path) -> None:
+    guard.install(policy({"kind": "file", "path": str(files / "public"), "access": "write"}))
+    assert guard.run([calls, "reopen_w", files / "public"]).stdout == "err 13\n"
+    assert guard.run([calls, "reopen_w", files / "secret"]).stdout == "ok\n"
+    assert [(e.access, e.target) for e in guard.events()] == [("write", str(files / "public"))]

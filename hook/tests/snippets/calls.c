@@ -217,6 +217,14 @@ int main(int argc, char **argv)
         printf("%s %s\n", fb == fa ? "same" : "other", r2 >= 0 ? "ok" : "err");
         return 0;
     }
+    /* reopen_w PATH: fopen PATH for reading, then freopen(NULL, "r+") it for writing */
+    if (!strcmp(c, "reopen_w")) {
+        FILE *f = fopen(a, "r");
+        if (!f)
+            return report(-1);
+        FILE *g = freopen(NULL, "r+", f);
+        return report(g ? 0 : -1);
+    }
     /* path operations */
     if (!strcmp(c, "truncate"))
         return report(truncate(a, 0));
