@@ -1,5 +1,6 @@
-/* Every spelling of opening a file or changing a path: open/openat and their 64-bit and fortified
- * variants, creat, fopen/freopen, truncate, rename, link, symlink, unlink, rmdir, mkdir, chmod. */
+/* Opening files: open/openat with their 64-bit and fortified variants, creat, fopen/freopen, and the
+ * judgement every path operation shares (hook_judge_file); chdir/fchdir for the working-directory
+ * cache. Path operations are in paths.c, descriptor bookkeeping in fd.c. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
