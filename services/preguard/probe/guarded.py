@@ -29,7 +29,8 @@ class Tracked:
         self.volume = info.preload_env and info.preguard_volume  # create-time path: no preload edit
         self.policies: list[str] = []
         self.revision = 0
-        self.guarded = False
+        self.guarded = False  # selected by a policy and injected
+        self.injected = False  # our files are in place (also for an unselected volume container)
         self.installed = Installed()
         self.reader: PipeReader | None = None
         self.old_readers: list[PipeReader] = []

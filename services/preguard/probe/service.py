@@ -262,19 +262,22 @@ class Probe:
             try:
                 if policies or tracked.volume:
                     self._inject(tracked, self._compile(policies, self.bundle.revision))  # type: ignore[arg-type]
-                elif tracked.guarded or inject.has_line(inject.preload_text(root)):
+                elif tracked.injected or inject.has_line(inject.preload_text(root)):
                     self._eject(tracked)
             except OSError as exc:
                 if not root.alive(self._settings.proc):
                     return  # vanished mid-operation: the engine's die event follows
                 tracked.refuse(f"injection failed: {exc.strerror or exc}")
                 log.warning("container_injection_failed", error=str(exc))
+            except Exception as exc:  # a bug or a rules compile error: the other containers go on
+                log.error("container_reconcile_failed", error=str(exc), exc_info=exc)
 
     def _inject(self, tracked: Tracked, compiled: CompiledRules) -> None:
         assert tracked.root is not None
-        root, first = tracked.root, not tracked.guarded
+        root, first = tracked.root, not tracked.injected
         if first:
             inject.install(root, tracked.libc.family, tracked.installed)
+            tracked.injected = True
         if tracked.revision != compiled.revision or first or tracked.installed.rules is None:
             tracked.keep_compiled(compiled)
             fd, ino = inject.open_control(root)
@@ -304,7 +307,8 @@ class Probe:
         tracked.close_reader()
         if self._keeper is not None:
             self._keeper.drop(tracked.info.id)
-        tracked.guarded, tracked.revision, tracked.installed = False, 0, inject.Installed()
+        tracked.guarded, tracked.injected, tracked.revision = False, False, 0
+        tracked.installed = inject.Installed()
         log.info("container_ejected")
 
     def _open_reader(self, tracked: Tracked) -> None:
@@ -344,7 +348,7 @@ class Probe:
                 log.warning("container_tampered", paths=problems)
                 if reader_ino != inject.pipe_inode(tracked.root):
                     tracked.retire_reader()
-                tracked.guarded = False  # re-run the whole injection
+                tracked.injected = False  # re-run the whole injection
                 self._reconcile(tracked)
         except OSError as exc:
             log.warning("tamper_check_failed", container_id=tracked.info.short_id, error=str(exc))
