@@ -181,7 +181,16 @@ def test_address_sanitizer_build_is_clean(hook_build: Path, tmp_path: Path, secr
             [calls, "sendto", "4", "127.0.0.2", "9"],
             [calls, "rename", secret, tmp_path / "xx"],
             [hook_build / "tests/closefd", secret, tmp_path / "out"],
+            [calls, "sys_open", secret],
+            [calls, "reopen_w", secret],
+            [calls, "vforkcd", tmp_path, "secret"],
+            [calls, "execv", tmp_path / "script"],
+            ["/usr/bin/env", "-i", str(calls), "open", secret, ""],
+            [hook_build / "tests/sigopen", secret, tmp_path / "script", "2000"],
+            [hook_build / "tests/mallocker", secret],
         ]
+        (tmp_path / "script").write_text("#!/bin/sh\necho x\n")
+        (tmp_path / "script").chmod(0o755)
         for argv in runs:
             out = subprocess.run(
                 [str(a) for a in argv], env={**os.environ, **env}, capture_output=True, text=True, check=False
