@@ -27,7 +27,7 @@ import nats
 
 from bench import Figure
 from preguard.natsserver import run_nats_server
-from preguard.probe.service import ensure_streams
+from preguard.probe.streams import ensure_streams
 from preguard.proto import (
     FileRule,
     Kind,

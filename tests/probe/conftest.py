@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from preguard.probe import Probe, ProbeSettings
-from preguard.probe.service import ensure_streams
+from preguard.probe.streams import ensure_streams
 from preguard.proto import Policy, PolicyBundle, Subjects, encode
 from tests.conftest import MakeContainer, need
 from tests.support.images import build_image, remove_images

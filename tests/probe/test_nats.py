@@ -14,7 +14,7 @@ from nats.js.api import DeliverPolicy, StorageType
 
 from preguard.natsserver import free_port, run_nats_server
 from preguard.probe import Probe, ProbeSettings
-from preguard.probe.service import ensure_streams
+from preguard.probe.streams import ensure_streams
 from preguard.proto import FileRule, Policy, PolicyBundle, Selector, Subjects, decode_events, encode
 from tests.probe.conftest import SCOPE_LABEL, eventually, pid_of
 from tests.probe.test_events import record, write_pipe

@@ -15,9 +15,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy, StorageType, StreamConfig
-from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from preguard.probe import coverage, inject
 from preguard.probe.docker import Watcher
@@ -29,6 +28,7 @@ from preguard.probe.publisher import Publisher
 from preguard.probe.rootfs import HostRootError, RootFS
 from preguard.probe.selection import ContainerInfo, select
 from preguard.probe.settings import ProbeSettings
+from preguard.probe.streams import ensure_streams
 from preguard.proto import PolicyBundle, ProbeStatus, Subjects, decode, encode
 from preguard.proto.abi import GLIBC_REQUIRED, Record, glibc_version_ok
 from preguard.proto.rulesfile import CompiledRules, compile_rules
@@ -38,33 +38,6 @@ try:
     VERSION = importlib.metadata.version("preguard")
 except importlib.metadata.PackageNotFoundError:  # running from a checkout without an install
     VERSION = ""
-_STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
-
-
-async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """The retained-bundle and events streams, created when missing (idempotent, either service first)."""
-    configs = [
-        StreamConfig(
-            name=subjects.stream_bundles(),
-            subjects=[subjects.policy_all()],
-            max_msgs_per_subject=1,
-            storage=StorageType.FILE,
-        ),
-        StreamConfig(
-            name=subjects.stream_events(),
-            subjects=[subjects.events_all()],
-            max_age=24 * 3600,
-            max_bytes=1 << 30,
-            storage=StorageType.FILE,
-        ),
-    ]
-    for config in configs:
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != _STREAM_EXISTS:
-                raise
-            log.info("stream_kept", stream=config.name, reason="exists with another configuration")
 
 
 class Probe:
