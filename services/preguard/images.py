@@ -25,6 +25,8 @@ GLIBC_PROGRAMS = [
     "kill", "timeout", "dd", "grep", "sed",
 ]  # fmt: skip
 MUSL_LOADER = "/lib/ld-musl-x86_64.so.1"
+GLIBC_STUBS = ("libdl.so.2", "libpthread.so.0", "librt.so.1")
+_MULTIARCH = "/lib/x86_64-linux-gnu"
 _LDD_PATH = re.compile(r"(/\S+)")
 
 MUSL_HELLO = r"""
@@ -84,6 +86,9 @@ def glibc_root(root: Path, extra: Mapping[str, str] = {}) -> None:
             continue
         _copy(path, root, f"/usr/bin/{name}")
         libs |= _libraries(path)
+    # Every glibc distribution ships these compatibility stubs (libc6); programs that link them,
+    # the hook library among them, must find them here as they would in a real image.
+    libs |= {lib for lib in (f"{_MULTIARCH}/{name}" for name in GLIBC_STUBS) if os.path.exists(lib)}
     for lib in libs:
         _copy(lib, root)
     busybox = shutil.which("busybox")

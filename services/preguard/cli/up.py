@@ -190,7 +190,9 @@ async def _watch(children: dict[str, subprocess.Popen[bytes]], env: dict[str, st
             now = loop.time()
             recent = restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
             if len(recent) > MAX_RESTARTS_PER_MINUTE:
-                raise UpError(f"the {name} service keeps exiting (status {proc.returncode}): see {data / name}.log")
+                raise UpError(
+                    f"the {name} service keeps exiting (status {proc.returncode}): see {data / name}.log"
+                )
             say(name, f"exited with status {proc.returncode}; restarting")
             children[name] = _spawn(name, env, data)
 
