@@ -58,6 +58,7 @@ class AlertService:
         self._state: KeyValue | None = None
         self._leases: Leases | None = None
         self._stopped = False
+        self._leaving = asyncio.Event()
         self._all_tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -96,9 +97,9 @@ class AlertService:
         self._stopped = True
         try:
             async with asyncio.timeout(timeout):
+                self._leaving.set()  # not cancel(): nats-py's wait_for can swallow a cancellation
                 if self._lease_task is not None:
-                    self._lease_task.cancel()  # a round cut short leaves the held revisions stale,
-                    await asyncio.wait([self._lease_task])  # which leave() tolerates
+                    await self._lease_task
                 for p in list(self._workers):
                     await self._release(p)
                 if self._leases is not None:
@@ -120,8 +121,11 @@ class AlertService:
     # -- partitions ---------------------------------------------------------------------------------
     async def _lease_loop(self) -> None:
         assert self._leases is not None
-        while True:
-            await asyncio.sleep(self._settings.lease_ttl / 3)
+        while not self._leaving.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.lease_ttl / 3):
+                    await self._leaving.wait()
+                    return
             try:
                 await self._leases.tick()
             except Exception as exc:  # NATS unreachable for a moment: keep what we hold, try again

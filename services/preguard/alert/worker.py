@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 import nats.errors
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -27,6 +28,7 @@ from preguard.alert.streams import entries, state_bucket, work_stream, work_subj
 from preguard.proto import Alert, Subjects, decode_events, encode
 
 log = structlog.get_logger()
+BUSY_WAIT = 0.002  # seconds a busy partition waits for more messages before committing
 _window = msgspec.json.Decoder(Window)
 _encode_window = msgspec.json.Encoder().encode
 
@@ -49,6 +51,18 @@ async def publish_alerts(js: JetStreamContext, subjects: Subjects, alerts: list[
     )
     for a in alerts:
         log.info("alert_published", id=a.id, state=a.state, kind=a.kind, host=a.host, count=a.count)
+
+
+async def _next(psub: JetStreamContext.PullSubscription, batch: int, idle: float) -> list[Msg]:
+    """Up to `batch` messages. nats-py's fetch(n) waits out its timeout for the n-th message once
+    the first has come, so an idle partition waits for one message (returned at once), and a busy
+    one takes what is there, waiting at most BUSY_WAIT for more."""
+    try:
+        if batch == 1:
+            return await psub.fetch(1, timeout=idle)
+        return await psub.fetch(batch, timeout=BUSY_WAIT)
+    except (TimeoutError, nats.errors.TimeoutError):
+        return []
 
 
 class PartitionWorker:
@@ -87,13 +101,13 @@ class PartitionWorker:
         restored = await self._restore(agg)
         psub = await self._subscribe()
         log.info("partition_started", partition=self.partition, windows=restored)
-        last_expire = 0.0
+        last_expire = last_commit = 0.0
+        msgs: list[Msg] = []
+        unacked: list[Msg] = []
+        changes: dict[str, Window | None] = {}
         try:
             while not self._stopping.is_set():
-                try:
-                    msgs = await psub.fetch(s.batch, timeout=s.tick)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    msgs = []
+                msgs = await _next(psub, s.batch if msgs else 1, s.tick)
                 for msg in msgs:
                     try:
                         events = decode_events(msg.data)
@@ -102,19 +116,25 @@ class PartitionWorker:
                         continue
                     agg.add(events, msg.metadata.sequence.stream)
                     self.events += len(events)
+                unacked += msgs
                 agg.flush()
                 if (now := self._clock()) - last_expire >= s.tick:
                     agg.expire()
                     last_expire = now
-                await self._commit(agg)
-                for msg in msgs:
-                    await msg.ack()
+                alerts, more = agg.take()
+                changes.update(more)
+                # Alerts go out at once; a count that only grew waits up to a tick, so that a hot
+                # key costs one write per tick rather than one per message.
+                if alerts or now - last_commit >= s.tick or len(unacked) >= s.batch:
+                    await self._commit(alerts, changes, unacked)
+                    changes, unacked, last_commit = {}, [], now
+            await self._commit([], changes, unacked)
         finally:
             await psub.unsubscribe()
             log.info("partition_stopped", partition=self.partition, events=self.events)
 
-    async def _commit(self, agg: Aggregator) -> None:
-        alerts, changes = agg.take()
+    async def _commit(self, alerts: list[Alert], changes: dict[str, Window | None], msgs: list[Msg]) -> None:
+        """Publish, persist, then acknowledge: a crash before the end replays these messages."""
         await publish_alerts(self._js, self._subjects, alerts)
         if changes:
             prefix = f"p{self.partition}."
@@ -126,6 +146,8 @@ class PartitionWorker:
                     for name, w in changes.items()
                 )
             )
+        for msg in msgs:
+            await msg.ack()
 
     async def _restore(self, agg: Aggregator) -> int:
         found = await entries(self._js, state_bucket(self._subjects), self._state, f"p{self.partition}.*")
