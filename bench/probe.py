@@ -346,6 +346,47 @@ async def propagation(url: str, docker: aiodocker.Docker, image: str, n: int = 2
     ]
 
 
+def _wait_file(path: Path, deadline: float) -> None:
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+async def start_to_guarded(url: str, docker: aiodocker.Docker, image: str, n: int = 10) -> list[Figure]:
+    """From the engine's start call returning to the preload line in the container, one at a time."""
+    subjects, host, scope = Subjects(prefix=f"b{uuid.uuid4().hex[:8]}"), "bench", uuid.uuid4().hex[:8]
+    nc = await nats.connect(url)
+    await ensure_streams(nc.jetstream(), subjects)
+    await publish_bundle(nc, subjects, host, [policy(scope)], 1)
+    delays: list[float] = []
+    with probe_process(url, subjects.prefix, host, scope):
+        async with containers(docker, image, scope, 1, ["/bin/sleep", "3600"]) as warm:
+            await wait_injected(warm)  # the probe is up and following events
+            made: list[Any] = []
+            try:
+                for _ in range(n):
+                    c = await docker.containers.create(
+                        {"Image": image, "Cmd": ["/bin/sleep", "3600"], "Labels": {LABEL: scope},
+                         "HostConfig": {"NetworkMode": "none"}},
+                        name=f"preguard-bench-{uuid.uuid4().hex[:8]}",
+                    )  # fmt: skip
+                    made.append(c)
+                    await c.start()
+                    started = time.monotonic()
+                    preload = Path(f"/proc/{(await c.show())['State']['Pid']}/root/etc/ld.so.preload")
+                    await asyncio.to_thread(_wait_file, preload, started + 10)
+                    delays.append((time.monotonic() - started) * 1000)
+            finally:
+                for c in made:
+                    with contextlib.suppress(aiodocker.exceptions.DockerError):
+                        await c.delete(force=True)
+    await nc.drain()
+    p99 = pct(delays, 99)
+    return [
+        Figure(name="probe: container start -> guarded p50", value=statistics.median(delays), unit="ms", target="-", ok=None),
+        Figure(name="probe: container start -> guarded p99", value=p99, unit="ms", target="<= 1000", ok=p99 <= 1000, note=f"{n} containers"),
+    ]  # fmt: skip
+
+
 def _image() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp, "opener.c")
@@ -359,6 +400,7 @@ async def _run(url: str, image: str) -> list[Figure]:
     docker = aiodocker.Docker()
     try:
         figures = await propagation(url, docker, image)
+        figures += await start_to_guarded(url, docker, image)
         figures += await throughput(url, docker, image)
         figures += await latency(url, docker, image)
     finally:
