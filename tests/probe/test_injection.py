@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from preguard.probe.inject import LINE
+from preguard.probe.selection import ContainerInfo
 from preguard.proto import (
     FileRule,
     Policy,
@@ -136,3 +137,20 @@ async def test_planted_symlinks_never_lead_the_probe_out_of_the_container(
     await eventually(lambda: (root / "etc/ld.so.preload").is_file())
     assert not (root / "etc/ld.so.preload").is_symlink()
     assert not on_host("/libpreguard.so", "/rules.bin", "/events", "/tmp/hostfile")
+
+
+@pytest.mark.parametrize("pid", [1, os.getpid(), os.getppid()])
+async def test_a_container_whose_pid_is_a_host_process_is_refused_and_the_host_untouched(
+    pid: int, scope: str, publish_bundle: PublishBundle, start_probe: StartProbe
+) -> None:
+    # a stale pid reused by a host process is the realistic case; the probe must never inject "/"
+    before = on_host("/etc/ld.so.preload", "/.preguard")
+    await publish_bundle([lockdown(scope)], revision=1)
+    probe = await start_probe()
+    info = ContainerInfo(id="f" * 64, name="impostor", image="x", labels={SCOPE_LABEL: scope}, pid=pid)
+    await probe._on_running(info)
+    tracked = probe.containers[info.id]
+    assert not tracked.coverable
+    assert "host" in tracked.reason
+    assert tracked.policies == ["lockdown"]
+    assert on_host("/etc/ld.so.preload", "/.preguard") == before
