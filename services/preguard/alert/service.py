@@ -100,6 +100,8 @@ class AlertService:
                 self._leaving.set()  # not cancel(): nats-py's wait_for can swallow a cancellation
                 if self._lease_task is not None:
                     await self._lease_task
+                for worker, _ in self._workers.values():
+                    worker.stop()  # all at once: each finishes its batch in parallel
                 for p in list(self._workers):
                     await self._release(p)
                 if self._leases is not None:
