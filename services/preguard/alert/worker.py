@@ -108,7 +108,9 @@ class PartitionWorker:
         try:
             while not self._stopping.is_set():
                 msgs = await _next(psub, s.batch if msgs else 1, s.tick)
-                for msg in msgs:
+                for i, msg in enumerate(msgs):
+                    if i % 16 == 15:
+                        await asyncio.sleep(0)  # big batches: let lease renewals and other partitions run
                     try:
                         events = decode_events(msg.data)
                     except msgspec.DecodeError as exc:  # from outside: skip it, never stall on it
