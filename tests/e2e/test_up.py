@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -50,6 +52,12 @@ class Up:
             env,
         )
 
+    @property
+    def scope(self) -> dict[str, str]:
+        """The label that puts a container in this probe's care."""
+        key, _, value = self.env["PREGUARD_SCOPE"].partition("=")
+        return {key: value}
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "preguard.cli", *args, "--nats", self.url, "--json"],
@@ -69,24 +77,34 @@ class Up:
         return pids[0]
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 60) -> str:
-    seen: list[str] = []
+class Console:
+    """Everything `preguard up` prints, read on a thread for its whole life (a full pipe would block it)."""
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(marker):
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, marker: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith(marker) for line in self.lines):
                 return
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"`preguard up` never said {marker!r}:\n{''.join(self.lines)}")
 
-    import threading
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(timeout)
-    text = "".join(seen)
-    assert any(line.startswith(marker) for line in seen), f"`preguard up` never said {marker!r}:\n{text}"
-    return text
+    def close(self) -> None:
+        self._thread.join(10)
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +113,13 @@ def up(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterato
     host = f"e2e-{uuid.uuid4().hex[:6]}"
     prefix = f"e2e{uuid.uuid4().hex[:6]}"
     nats_port = free_port()
-    env = {**os.environ, "PREGUARD_PREFIX": prefix, "PREGUARD_STATUS_INTERVAL": "1"}
+    # The probe manages only containers with this label: other tests' containers are never touched.
+    env = {
+        **os.environ,
+        "PREGUARD_PREFIX": prefix,
+        "PREGUARD_STATUS_INTERVAL": "1",
+        "PREGUARD_SCOPE": f"preguard-e2e={prefix}",
+    }
     args = [
         "up",
         "--data-dir",
@@ -114,8 +138,9 @@ def up(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterato
         stderr=subprocess.STDOUT,
         text=True,
     )
+    console = Console(proc)
     try:
-        _read_until(proc, "ready")
+        console.wait_for("ready")
         yield Up(proc, f"nats://127.0.0.1:{nats_port}", Subjects(prefix=prefix), host, data, env)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -124,6 +149,9 @@ def up(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+        finally:
+            console.close()
+        assert any(line.startswith("stopped") for line in console.lines), "".join(console.lines)
         leftover = subprocess.run(
             ["pgrep", "-f", f"-sd {data}"], capture_output=True, text=True, check=False
         ).stdout
@@ -160,12 +188,14 @@ async def _exec(container: Any, *cmd: str) -> tuple[int, str]:
     return code, b"".join(out).decode(errors="replace")
 
 
-async def _alerts(sub: Any, want: set[str], timeout: float = 20) -> dict[str, dict[str, Any]]:
+async def _alerts(sub: Any, want: set[str], container: str, timeout: float = 20) -> dict[str, dict[str, Any]]:
+    """The first rule-hit alert of each wanted kind for one container (health alerts are skipped)."""
     got: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(timeout):
         while not want <= got.keys():
             raw = json.loads((await sub.next_msg(timeout=timeout)).data)
-            got.setdefault(raw["kind"], raw)
+            if raw["container_name"] == container and raw["policy"]:
+                got.setdefault(raw["kind"], raw)
     return got
 
 
@@ -186,7 +216,7 @@ async def test_policy_from_the_cli_blocks_exec_open_and_connect_and_alerts_arriv
     tag = uuid.uuid4().hex[:6]
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(POLICY.format(tag=tag))
-    container = await make_container(glibc_image, labels={"e2e": tag})
+    container = await make_container(glibc_image, labels={"e2e": tag, **up.scope})
     name = (await container.show())["Name"].lstrip("/")
     applied = up.cli("apply", "-f", str(policy_file))
     assert applied.returncode == 0, applied.stderr
@@ -201,7 +231,7 @@ async def test_policy_from_the_cli_blocks_exec_open_and_connect_and_alerts_arriv
     assert "Permission denied" in out  # not "Connection refused": the hook said no, not the kernel
     assert (await _exec(container, "/bin/cat", "/etc/group"))[0] == 0, "what no rule names still works"
 
-    alerts = await _alerts(sub, {"file", "process", "network"})
+    alerts = await _alerts(sub, {"file", "process", "network"}, name)
     for kind, raw in alerts.items():
         assert raw.keys() >= CONTRACT_FIELDS, kind
         alert = msgspec.convert(raw, Alert)
@@ -220,7 +250,7 @@ async def test_another_system_sets_policy_with_a_plain_nats_client(
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     policy = decode_policy(POLICY.format(tag=tag).replace("e2e-lockdown", "e2e-other"), "yaml")
-    container = await make_container(glibc_image, labels={"e2e": tag})
+    container = await make_container(glibc_image, labels={"e2e": tag, **up.scope})
     name = (await container.show())["Name"].lstrip("/")
     reply = json.loads((await bus.request(up.subjects.api_policy("put"), encode(policy), timeout=5)).data)
     assert reply["ok"] is True
@@ -244,13 +274,13 @@ async def test_killed_service_is_restarted_and_no_event_is_lost(
     tag = uuid.uuid4().hex[:6]
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(POLICY.format(tag=tag).replace("e2e-lockdown", f"e2e-{service}"))
-    container = await make_container(glibc_image, labels={"e2e": tag})
+    container = await make_container(glibc_image, labels={"e2e": tag, **up.scope})
     name = (await container.show())["Name"].lstrip("/")
     applied = up.cli("apply", "-f", str(policy_file))
     await _guarded(bus, up, name, json.loads(applied.stdout)["revision"])
     sub = await bus.subscribe(up.subjects.alerts_all())
     assert (await _exec(container, "/bin/cat", "/etc/passwd"))[0] != 0
-    first = await _alerts(sub, {"file"})
+    first = await _alerts(sub, {"file"}, name)
     assert first["file"]["count"] == 1
 
     os.kill(up.child(service), signal.SIGKILL)
