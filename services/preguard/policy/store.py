@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -28,6 +29,7 @@ from preguard.proto.api import PolicyRevision
 log = structlog.get_logger()
 
 HISTORY = 64  # JetStream's maximum history per KV key
+NOTIFY_EVERY = 0.05  # seconds: the longest a backlog of changes holds back the bundles
 WRITE_ATTEMPTS = 32  # compare-and-set retries before a write gives up under contention
 _KV_OP = "KV-Operation"
 _DELETED = ("DEL", "PURGE")
@@ -126,7 +128,7 @@ class PolicyStore:
         target = (await self._js.stream_info(self._stream)).state.last_seq
         watcher = await self._kv.watchall()
         fresh: _View | None = _View()  # the initial load, swapped in whole once complete
-        revision, marked = 0, False
+        revision, marked, told, owed = 0, False, 0.0, False
         try:
             while True:
                 stop_if_cancelled()
@@ -136,9 +138,12 @@ class PolicyStore:
                     self._loaded.set()
                     on_change()
                 try:
-                    entry = await watcher.updates(timeout=2.0)  # type: ignore[no-untyped-call]
+                    entry = await watcher.updates(timeout=NOTIFY_EVERY if owed else 2.0)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
-                    if fresh is not None and marked:  # the last message is gone (deleted by hand)
+                    if owed:  # the backlog the server announced did not come: tell what we have
+                        told, owed = time.monotonic(), False
+                        on_change()
+                    elif fresh is not None and marked:  # the last message is gone (deleted by hand)
                         log.warning("policy_load_short", revision=revision, target=target)
                         target = revision
                     elif (await self._js.stream_info(self._stream)).state.last_seq > self.revision:
@@ -157,7 +162,13 @@ class PolicyStore:
                 (self._view if fresh is None else fresh).apply(entry.key, stored, len(value))
                 if fresh is None:
                     await self._advance(seq)
-                    on_change()
+                    # Coalesce a backlog: tell the publisher once caught up (or every NOTIFY_EVERY
+                    # under a steady stream of writes), not once per change, which had it publish
+                    # every intermediate revision while the watch fell further behind.
+                    owed = True
+                    if not entry.delta or time.monotonic() - told >= NOTIFY_EVERY:
+                        told, owed = time.monotonic(), False
+                        on_change()
         finally:
             with contextlib.suppress(Exception):  # the connection may be gone: nothing to tidy then
                 await watcher.stop()  # type: ignore[no-untyped-call]
