@@ -68,13 +68,6 @@ class Publisher:
         self._dirty: set[str] = set()
         self._new: dict[str, None] = {}  # hosts seen for the first time go first, in arrival order
         self._wake = asyncio.Event()
-        self._json: dict[str, tuple[Policy, msgspec.Raw]] = {}  # each policy encoded once, not per host
-
-    def _encoded(self, policy: Policy) -> msgspec.Raw:
-        hit = self._json.get(policy.name)
-        if hit is None or hit[0] is not policy:  # the store's view keeps a policy's object until it changes
-            hit = self._json[policy.name] = (policy, msgspec.Raw(encode(policy)))
-        return hit[1]
 
     @property
     def hosts(self) -> list[str]:
@@ -114,8 +107,6 @@ class Publisher:
             if not self._store.loaded:
                 continue  # never from a half-read store: its revision would lie
             revision, policies, now = self._store.revision, self._store.policies(), datetime.now(UTC)
-            for gone in self._json.keys() - policies.keys():
-                del self._json[gone]
             while self._dirty and self._store.revision == revision:
                 stop_if_cancelled()
                 batch = self._next_batch()
@@ -159,7 +150,7 @@ class Publisher:
                 self._retained[host] = retained
                 return  # idempotent, and never an older revision after a newer one
             chosen = bundle(host, revision, policies, now)
-            raws = [self._encoded(p) for p in chosen.policies]  # encoded JSON in place of each Policy
+            raws = [self._store.encoded(p) for p in chosen.policies]  # JSON in place of each Policy
             data = encode(msgspec.structs.replace(chosen, policies=cast(list[Policy], raws)))
             if len(data) > self._nc.max_payload - _ENVELOPE:
                 log.error("bundle_too_large", host=host, revision=revision, size=len(data))

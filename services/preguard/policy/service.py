@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import msgspec
 import nats.errors
@@ -239,11 +240,10 @@ class PolicyService:
 
     async def _list(self, msg: Msg) -> Reply:
         await self._synced()
-        policies = self._store.policies()
-        log.info("policies_listed", count=len(policies), revision=self._store.revision)
-        return PolicyList(policies=[policies[n] for n in sorted(policies)]), {
-            REVISION_HEADER: str(self._store.revision)
-        }
+        policies, revision = self._store.policies(), self._store.revision
+        raws = [self._store.encoded(policies[n]) for n in sorted(policies)]  # JSON in place of each Policy
+        log.info("policies_listed", count=len(policies), revision=revision)
+        return PolicyList(policies=cast(list[Policy], raws)), {REVISION_HEADER: str(revision)}
 
     async def _validate(self, msg: Msg) -> Reply:
         policy = self._policy(msg.data)

@@ -83,6 +83,17 @@ class PolicyStore:
     def current(self, name: str) -> PolicyRevision | None:
         return self._view.current.get(name)
 
+    def encoded(self, policy: Policy) -> msgspec.Raw:
+        """The policy's JSON, encoded once while it stays the current version (bundles, list)."""
+        hit = self._view.json.get(policy.name)
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        raw = msgspec.Raw(encode(policy))
+        current = self._view.current.get(policy.name)
+        if current is not None and current.policy is policy:  # an older snapshot's is not kept
+            self._view.json[policy.name] = (policy, raw)
+        return raw
+
     def size(self, name: str) -> int:
         """The live policy's stored record size, an upper bound on its encoded size; 0 if none."""
         return self._view.sizes.get(name, 0)
@@ -291,9 +302,11 @@ class _View:
         self.current: dict[str, PolicyRevision] = {}
         self.sizes: dict[str, int] = {}
         self.total = 0
+        self.json: dict[str, tuple[Policy, msgspec.Raw]] = {}  # encoded lazily, by policy object
 
     def apply(self, name: str, stored: PolicyRevision | None, size: int) -> None:
         self.current.pop(name, None)
+        self.json.pop(name, None)
         self.total -= self.sizes.pop(name, 0)
         if stored is not None and stored.policy is not None:
             self.current[name], self.sizes[name] = stored, size
