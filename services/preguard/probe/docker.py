@@ -34,8 +34,10 @@ class Watcher:
         on_running: Callable[[ContainerInfo], Awaitable[None]],
         on_gone: Callable[[str], Awaitable[None]],
         on_resync: Callable[[set[str]], Awaitable[None]],
+        label: str = "",
     ) -> None:
         self._docker = docker
+        self._label = label  # "key" or "key=value": the engine filters, we inspect no other container
         self._on_running, self._on_gone, self._on_resync = on_running, on_gone, on_resync
         self.synced = asyncio.Event()
         self.connected = False
@@ -54,7 +56,8 @@ class Watcher:
         return from_inspect(data)
 
     async def resync(self) -> None:
-        running = await self._docker.containers.list()
+        params = {"filters": json.dumps({"label": [self._label]})} if self._label else {}
+        running = await self._docker.containers.list(**params)
         ids = {c.id for c in running}
         await self._on_resync(ids)
         for cid in ids:
@@ -78,7 +81,10 @@ class Watcher:
             backoff = min(backoff * 2, 5.0)
 
     async def _follow(self, since: int) -> None:
-        filters = json.dumps({"type": ["container"], "event": WATCHED})
+        wanted = {"type": ["container"], "event": WATCHED}
+        if self._label:
+            wanted["label"] = [self._label]
+        filters = json.dumps(wanted)
         events = DockerEvents(self._docker)  # type: ignore[no-untyped-call]  # one stream per connection attempt
         subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
         task = asyncio.ensure_future(events.run(filters=filters, since=str(since)))
@@ -105,6 +111,8 @@ class Watcher:
         try:
             info = await self.inspect(cid)
         except aiodocker.exceptions.DockerError as exc:
+            if exc.status >= 900:  # aiodocker's "cannot connect": resync from scratch, with backoff
+                raise
             log.warning("container_inspect_failed", container_id=cid[:12], error=str(exc))
             return
         if info is None:

@@ -177,25 +177,28 @@ def uninstall(root: RootFS, empty: CompiledRules, *, keep_library: bool) -> None
 
 
 def tampered(root: RootFS, installed: Installed, *, preload: bool) -> list[str]:
-    """What differs from what we wrote: the preload line, the directory, our files, the pipe."""
+    """What differs from what we wrote: the preload line, the directory, our files, the pipe.
+    Only a path found missing or different counts; other errors are raised, never reported."""
     problems = []
-    if preload and not has_line(preload_text(root)):
-        problems.append(PRELOAD)
-    dir_st = root.lstat(DIR)
+    if preload:
+        text = root.read(PRELOAD, limit=1 << 16, strict=True)
+        if not has_line("" if text is None else text.decode(errors="replace")):
+            problems.append(PRELOAD)
+    dir_st = root.lstat(DIR, strict=True)
     if dir_st is None or not stat.S_ISDIR(dir_st.st_mode):
         return [*problems, DIR]
-    if installed.library is not None and _identity(root.lstat(_LIBRARY)) != installed.library:
+    if installed.library is not None and _identity(root.lstat(_LIBRARY, strict=True)) != installed.library:
         problems.append(_LIBRARY)
-    if installed.rules is not None and _identity(root.lstat(_RULES)) != installed.rules:
+    if installed.rules is not None and _identity(root.lstat(_RULES, strict=True)) != installed.rules:
         problems.append(_RULES)
-    if read_control(root) is None:
+    if root.lstat(_CONTROL, strict=True) is None or read_control(root) is None:
         problems.append(_CONTROL)
-    pipe = root.lstat(_PIPE)
+    pipe = root.lstat(_PIPE, strict=True)
     if pipe is None or not stat.S_ISFIFO(pipe.st_mode):
         problems.append(_PIPE)
     return problems
 
 
 def pipe_inode(root: RootFS) -> int | None:
-    st = root.lstat(_PIPE)
+    st = root.lstat(_PIPE, strict=True)
     return None if st is None else st.st_ino

@@ -107,11 +107,15 @@ class RootFS:
         finally:
             os.close(fd)
 
-    def read(self, path: str, limit: int = 1 << 20) -> bytes | None:
-        """A regular file's first `limit` bytes, or None (missing, not a file: never a FIFO's wait)."""
+    def read(self, path: str, limit: int = 1 << 20, *, strict: bool = False) -> bytes | None:
+        """A regular file's first `limit` bytes, or None (missing, not a file: never a FIFO's wait).
+
+        strict: only a missing path gives None; any other error is raised (no false alarms)."""
         try:
             fd = self.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
+        except OSError as exc:
+            if strict and not isinstance(exc, FileNotFoundError | NotADirectoryError):
+                raise
             return None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -131,12 +135,14 @@ class RootFS:
             return False
         return True
 
-    def lstat(self, path: str) -> os.stat_result | None:
+    def lstat(self, path: str, *, strict: bool = False) -> os.stat_result | None:
         parent, name = os.path.split(path.rstrip("/"))
         try:
             with self.directory(parent or "/") as dfd:
                 return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except OSError:
+        except OSError as exc:
+            if strict and not isinstance(exc, FileNotFoundError | NotADirectoryError):
+                raise
             return None
 
     def fd_path(self, fd: int) -> Path:

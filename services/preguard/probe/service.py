@@ -49,7 +49,7 @@ class Probe:
         self.containers: dict[str, Tracked] = {}
         self.bundle: PolicyBundle | None = None
         self._compiled: dict[tuple[str, ...], CompiledRules] = {}
-        self._watcher = Watcher(docker, self._on_running, self._on_gone, self._on_resync)
+        self._watcher = Watcher(docker, self._on_running, self._on_gone, self._on_resync, settings.scope)
         self._publisher = Publisher(
             nc, capacity=settings.buffer_events, batch=settings.batch_events, on_drop=self._on_drop
         )
