@@ -136,7 +136,7 @@ class AlertService:
     async def _acquire(self, partition: int) -> None:
         assert self._state is not None
         worker = PartitionWorker(
-            self._js, self._state, self._subjects, self._settings, partition, clock=self._clock
+            self._nc, self._state, self._subjects, self._settings, partition, clock=self._clock
         )
         task = self._spawn(self._supervise(f"partition {partition}", worker.run, lambda: worker.stopping))
         self._workers[partition] = (worker, task)

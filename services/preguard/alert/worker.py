@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -23,12 +23,13 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from preguard.alert.aggregate import Aggregator, Window
+from preguard.alert.pull import Puller
 from preguard.alert.settings import AlertSettings
 from preguard.alert.streams import entries, state_bucket, work_stream, work_subject
 from preguard.proto import Alert, Subjects, decode_events, encode
 
 log = structlog.get_logger()
-BUSY_WAIT = 0.002  # seconds a busy partition waits for more messages before committing
+PULL_EXPIRES = 5.0  # seconds a standing pull request lives before it is renewed
 _window = msgspec.json.Decoder(Window)
 _encode_window = msgspec.json.Encoder().encode
 
@@ -53,29 +54,18 @@ async def publish_alerts(js: JetStreamContext, subjects: Subjects, alerts: list[
         log.info("alert_published", id=a.id, state=a.state, kind=a.kind, host=a.host, count=a.count)
 
 
-async def _next(psub: JetStreamContext.PullSubscription, batch: int, idle: float) -> list[Msg]:
-    """Up to `batch` messages. nats-py's fetch(n) waits out its timeout for the n-th message once
-    the first has come, so an idle partition waits for one message (returned at once), and a busy
-    one takes what is there, waiting at most BUSY_WAIT for more."""
-    try:
-        if batch == 1:
-            return await psub.fetch(1, timeout=idle)
-        return await psub.fetch(batch, timeout=BUSY_WAIT)
-    except (TimeoutError, nats.errors.TimeoutError):
-        return []
-
-
 class PartitionWorker:
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         state: KeyValue,
         subjects: Subjects,
         settings: AlertSettings,
         partition: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._js, self._state, self._subjects, self._settings = js, state, subjects, settings
+        self._nc, self._js = nc, nc.jetstream()
+        self._state, self._subjects, self._settings = state, subjects, settings
         self.partition = partition
         self._clock = clock
         self._stopping = asyncio.Event()
@@ -99,7 +89,7 @@ class PartitionWorker:
             clock=self._clock,
         )
         restored = await self._restore(agg)
-        psub = await self._subscribe()
+        puller = await self._subscribe()
         log.info("partition_started", partition=self.partition, windows=restored)
         last_expire = last_commit = 0.0
         msgs: list[Msg] = []
@@ -107,7 +97,7 @@ class PartitionWorker:
         changes: dict[str, Window | None] = {}
         try:
             while not self._stopping.is_set():
-                msgs = await _next(psub, s.batch if msgs else 1, s.tick)
+                msgs = await puller.next(s.batch, s.tick)
                 for i, msg in enumerate(msgs):
                     if i % 16 == 15:
                         await asyncio.sleep(0)  # big batches: let lease renewals and other partitions run
@@ -132,7 +122,7 @@ class PartitionWorker:
                     changes, unacked, last_commit = {}, [], now
             await self._commit([], changes, unacked)
         finally:
-            await psub.unsubscribe()
+            await puller.stop()
             log.info("partition_stopped", partition=self.partition, events=self.events)
 
     async def _commit(self, alerts: list[Alert], changes: dict[str, Window | None], msgs: list[Msg]) -> None:
@@ -158,7 +148,7 @@ class PartitionWorker:
                 agg.restore(_window.decode(entry.value))
         return len(found)
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def _subscribe(self) -> Puller:
         """A fresh durable on every start, so that a replay comes strictly in stream order.
 
         The work stream has work-queue retention: what was acknowledged is gone, so "deliver all"
@@ -177,4 +167,6 @@ class PartitionWorker:
             max_ack_pending=-1,
         )
         await self._js.add_consumer(stream, config)
-        return await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+        puller = Puller(self._nc, stream, durable, self._settings.batch, PULL_EXPIRES)
+        await puller.start()
+        return puller
