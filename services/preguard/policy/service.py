@@ -123,7 +123,11 @@ class PolicyService:
                     await asyncio.wait(self._inflight)
         except TimeoutError:
             log.warning("policy_service_stop_slow", inflight=len(self._inflight))
+            for sub in self._subs:  # what is still queued goes unanswered: callers time out
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
         self._subs.clear()
+        self._tasks = None  # requests still arriving in a callback are dropped from here on
         if self._runner is not None:
             self._runner.cancel()
             done, _ = await asyncio.wait({self._runner}, timeout=grace)
@@ -143,6 +147,8 @@ class PolicyService:
         except* Exception:
             log.exception("policy_service_failed")
             raise
+        finally:
+            self._tasks = None
 
     # -- heartbeats ------------------------------------------------------------------------------
     async def _on_status(self, msg: Msg) -> None:
@@ -173,7 +179,9 @@ class PolicyService:
 
         async def take(msg: Msg) -> None:
             await slots.acquire()  # all slots busy: the subscription queues, up to its pending limit
-            assert self._tasks is not None
+            if self._tasks is None:  # stopping
+                slots.release()
+                return
             task = self._tasks.create_task(serve(msg))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
