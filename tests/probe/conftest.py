@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 import uuid
@@ -140,3 +141,16 @@ async def eventually(check: Callable[[], Any], within: float = 5.0) -> Any:
 
 def pid_of(info: dict[str, Any]) -> int:
     return int(info["State"]["Pid"])
+
+
+def exe_of(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+async def sleeping(c: Any) -> None:
+    """Until the container's init has exec'd sleep (Docker's start returns before that)."""
+    pid = pid_of(await c.show())
+    await eventually(lambda: exe_of(pid) == "/usr/bin/sleep")

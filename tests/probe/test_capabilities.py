@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from preguard.proto import FileRule, Policy, ProbeStatus, Selector, Subjects
-from tests.probe.conftest import SCOPE_LABEL, PublishBundle, eventually, pid_of, run_in
+from tests.probe.conftest import SCOPE_LABEL, PublishBundle, eventually, pid_of, run_in, sleeping
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(shutil.which("setpriv") is None, reason="no setpriv")]
 
@@ -63,6 +63,7 @@ async def test_sys_ptrace_alone_lets_the_probe_inject_enforce_and_see_coverage(
     probe_with_caps: Any,
 ) -> None:
     c = await container(glibc_image, ["/bin/sh", "-c", "echo s > /etc/shadow; exec sleep 3600"])
+    await sleeping(c)
     policy = Policy(
         name="p", selector=Selector(labels={SCOPE_LABEL: scope}), rules=[FileRule(path="/etc/shadow")]
     )

@@ -21,7 +21,16 @@ from preguard.proto import (
     Subjects,
     decode_events,
 )
-from tests.probe.conftest import LIBDL, SCOPE_LABEL, PublishBundle, StartProbe, eventually, pid_of, run_in
+from tests.probe.conftest import (
+    LIBDL,
+    SCOPE_LABEL,
+    PublishBundle,
+    StartProbe,
+    eventually,
+    pid_of,
+    run_in,
+    sleeping,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -57,7 +66,8 @@ async def test_coverage_names_processes_started_before_injection_and_static_bina
     publish_bundle: PublishBundle,
     start_probe: StartProbe,
 ) -> None:
-    c = await container(glibc_image)  # its sleep starts before the probe injects
+    c = await container(glibc_image)
+    await sleeping(c)  # its sleep runs before the probe injects
     await publish_bundle([policy(scope)], revision=1)
     sub = await nc.subscribe(subjects.status(host))
     await start_probe()
@@ -259,6 +269,7 @@ async def test_coverage_of_a_host_pid_namespace_container_counts_only_its_own_pr
     start_probe: StartProbe,
 ) -> None:
     c = await container(glibc_image, host_config={"PidMode": "host"})
+    await sleeping(c)
     await publish_bundle([policy(scope)], revision=1)
     sub = await nc.subscribe(subjects.status(host))
     await start_probe()
