@@ -3,8 +3,8 @@
 nats-py's fetch(n) returns only when n messages came or its timeout passed, so a partition that
 gets one event waits out the timeout; fetch(1) per message costs a request and a timer each. This
 keeps a standing request for `batch` messages that expires after `expires` seconds, renewed as
-soon as the server ends it (all delivered, or a 404/408/409 status), or when it went quiet for
-longer than it should (a reconnect drops it).
+soon as the server ends it (all delivered, or a 408/409 status), or when its idle heartbeats
+stop (a reconnect or a server restart drops it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ _CONFLICT = "409"
 # at most REQUEST_BYTES (a bigger message would never be delivered: NATS' default max_payload is
 # 1 MiB), and a new request waits until less than MAX_BYTES is queued.
 MAX_BYTES = 2 << 20
+HEARTBEAT = 1.0  # seconds; a request silent for two of these is taken as lost
 REQUEST_BYTES = 4 << 20
 
 
@@ -37,7 +38,7 @@ class Puller:
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub: Subscription | None = None
         self._left = 0
-        self._asked = 0.0
+        self._heard = 0.0  # when the server last said anything about our request
         self._owed = False  # the request ended while we were behind: ask once the queue drains
         self._bytes = (
             0  # queued, not yet taken  # the request ended while a batch was queued: ask once it drains
@@ -55,7 +56,7 @@ class Puller:
         """What has arrived, up to `limit`; waits at most `wait` seconds for the first."""
         if self._owed and not self._behind():
             await self._ask()  # ended while we were behind: ask now that we caught up
-        elif time.monotonic() - self._asked > self._expires + 1.0:
+        elif time.monotonic() - self._heard > 2 * HEARTBEAT + 0.5:
             await self._ask()  # the standing request was lost (a reconnect, a 409): ask again
         msgs: list[Msg] = []
         with contextlib.suppress(TimeoutError):
@@ -70,8 +71,13 @@ class Puller:
         return self._queue.qsize() >= self._batch or self._bytes >= MAX_BYTES
 
     async def _ask(self) -> None:
-        self._left, self._asked, self._owed = self._batch, time.monotonic(), False
-        request = {"batch": self._batch, "expires": int(self._expires * 1e9), "max_bytes": REQUEST_BYTES}
+        self._left, self._heard, self._owed = self._batch, time.monotonic(), False
+        request = {
+            "batch": self._batch,
+            "expires": int(self._expires * 1e9),
+            "max_bytes": REQUEST_BYTES,
+            "idle_heartbeat": int(HEARTBEAT * 1e9),
+        }
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
 
     async def _ended(self) -> None:
@@ -82,6 +88,7 @@ class Puller:
             self._owed = True
 
     async def _on_msg(self, msg: Msg) -> None:
+        self._heard = time.monotonic()
         status = JetStreamContext.is_status_msg(msg)
         if status == _HEARTBEAT:
             return
