@@ -80,7 +80,7 @@ class Aggregator:
     # -- input ------------------------------------------------------------------------------------
     def restore(self, window: Window) -> None:
         window.folding = 0  # a persisted mark must not let a redelivered message fold twice
-        self.windows[_key_of(window.alert)] = window
+        self.windows[key_of(window.alert)] = window
 
     def add(self, events: list[Event], seq: int) -> None:
         """Fold one message's events (stream sequence `seq`, strictly increasing across calls)."""
@@ -248,7 +248,7 @@ class Aggregator:
         w.published_at, w.published_count = self._clock(), w.count
 
 
-def _key_of(alert: Alert) -> Key:
+def key_of(alert: Alert) -> Key:
     if alert.kind == Kind.ATTACK:
         return (alert.host, alert.container_id, "", -1, Kind.ATTACK, "", "raised")
     return (

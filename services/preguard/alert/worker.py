@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from preguard.alert.aggregate import Aggregator, Window
+from preguard.alert.aggregate import Aggregator, Window, key_name, key_of
 from preguard.alert.pull import Puller
 from preguard.alert.settings import AlertSettings
 from preguard.alert.streams import entries, state_bucket, work_stream, work_subject
@@ -115,11 +115,15 @@ class PartitionWorker:
                     last_expire = now
                 alerts, more = agg.take()
                 changes.update(more)
-                # Alerts go out at once; a count that only grew waits up to a tick, so that a hot
-                # key costs one write per tick rather than one per message.
-                if alerts or now - last_commit >= s.tick or len(unacked) >= s.batch:
+                # Alerts go out at once, with their own windows' state. Everything else (counts
+                # that only grew) is stored once per tick, and only then are the messages
+                # acknowledged: a hot key costs one write per tick rather than one per message.
+                if now - last_commit >= s.tick or len(unacked) >= s.batch:
                     await self._commit(alerts, changes, unacked)
                     changes, unacked, last_commit = {}, [], now
+                elif alerts:
+                    names = {key_name(key_of(a)) for a in alerts}
+                    await self._commit(alerts, {n: changes.pop(n) for n in names if n in changes}, [])
             await self._commit([], changes, unacked)
         finally:
             await puller.stop()
