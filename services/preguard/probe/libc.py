@@ -22,11 +22,15 @@ class Libc(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def loader_family(names: list[str]) -> str:
-    """From the file names in the library directories: musl's or glibc's dynamic loader."""
-    if any(n.startswith("ld-musl-") and n.endswith(".so.1") for n in names):
-        return "musl"
+    """From the file names in the library directories: musl's or glibc's dynamic loader.
+
+    glibc wins when both are there (a Debian image with musl-tools installed): its programs read
+    /etc/ld.so.preload and are guarded; the few musl programs show up as uncovered processes.
+    """
     if any(n.startswith(("ld-linux", "ld64.so")) for n in names):
         return "glibc"
+    if any(n.startswith("ld-musl-") and n.endswith(".so.1") for n in names):
+        return "musl"
     return "none"
 
 
