@@ -35,7 +35,7 @@ _encode_window = msgspec.json.Encoder().encode
 
 
 async def publish_alerts(js: JetStreamContext, subjects: Subjects, alerts: list[Alert]) -> None:
-    """Publish in order and wait for every store acknowledgement; the Msg-Id makes a replay a no-op."""
+    """Publish in order and wait for every store acknowledgement; the stream drops a replay by Msg-Id."""
     if not alerts:
         return
     stream = subjects.stream_alerts()
