@@ -223,7 +223,7 @@ class PolicyService:
 
     async def _put(self, msg: Msg) -> Reply:
         policy = self._policy(msg.data)
-        self._check_bundle_size(policy)
+        await self._check_bundle_size(policy)
         with structlog.contextvars.bound_contextvars(policy=policy.name):
             change = await self._write(self._store.put(policy, _client(msg), _expected(msg)))
             log.info("policy_stored", revision=change.revision, version=change.version)
@@ -255,7 +255,7 @@ class PolicyService:
 
     async def _validate(self, msg: Msg) -> Reply:
         policy = self._policy(msg.data)
-        self._check_bundle_size(policy)
+        await self._check_bundle_size(policy)
         log.info("policy_validated", policy=policy.name)
         return Validated(name=policy.name, rules=len(policy.rules)), None
 
@@ -314,7 +314,7 @@ class PolicyService:
                 "store unavailable", reason="the service's view is behind the store; retry"
             ) from None
 
-    def _check_bundle_size(self, policy: Policy) -> None:
+    async def _check_bundle_size(self, policy: Policy) -> None:
         """Refuse a policy that would make some host's bundle too large for the server to carry.
 
         Stored record sizes bound the policies' encoded sizes from above: one sum answers the
@@ -322,6 +322,9 @@ class PolicyService:
         """
         limit = self._nc.max_payload - 1024
         size, store = len(encode(policy)), self._store
+        if store.total_bytes + size > limit // 2:  # near the limit: count what was just stored too
+            with contextlib.suppress(TimeoutError):  # best effort: the publisher refuses what slips by
+                await store.sync(within=1.0)
         if store.total_bytes - store.size(policy.name) + size <= limit:
             return  # even a host every policy selects fits
         others = {n: p for n, p in store.policies().items() if n != policy.name}
