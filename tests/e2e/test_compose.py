@@ -87,6 +87,9 @@ def stack(docker_engine: None) -> Iterator[Stack]:
         "PREGUARD_NATS_PORT": str(nats_port),
         "PREGUARD_CONSOLE_PORT": str(free_port()),
         "PREGUARD_HOST": f"compose-{suffix}",
+        # the stack's probe manages only the demo containers: other tests' containers are never touched
+        "PREGUARD_DEMO_ID": suffix,
+        "PREGUARD_SCOPE": f"preguard-demo={suffix}",
     }
     wheels()
     s = Stack(f"pgtest{suffix}", env, f"nats://127.0.0.1:{nats_port}")
