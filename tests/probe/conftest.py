@@ -128,7 +128,7 @@ async def run_in(container: Any, *cmd: str, user: str = "") -> tuple[int, str]:
     raise AssertionError(f"{cmd} did not finish")
 
 
-async def eventually(check: Callable[[], Any], within: float = 5.0) -> Any:
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
     """Poll-with-deadline for state outside the bus (files in containers, Docker)."""
     deadline = time.monotonic() + within
     while True:

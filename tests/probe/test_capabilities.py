@@ -76,7 +76,7 @@ async def test_sys_ptrace_alone_lets_the_probe_inject_enforce_and_see_coverage(
     assert code != 0
     assert "Permission denied" in out
     for _ in range(30):
-        status = msgspec.json.decode((await sub.next_msg(timeout=3)).data, type=ProbeStatus)
+        status = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=ProbeStatus)
         mine = [s for s in status.containers if s.id == c.id[:12]]
         if mine and mine[0].uncovered:
             break
@@ -103,7 +103,7 @@ async def test_without_sys_ptrace_containers_are_reported_unreachable(
     sub = await nc.subscribe(subjects.status(host))
     await probe_with_caps(",+dac_override,+fowner,+chown")
     for _ in range(30):
-        status = msgspec.json.decode((await sub.next_msg(timeout=3)).data, type=ProbeStatus)
+        status = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=ProbeStatus)
         mine = [s for s in status.containers if s.id == c.id[:12]]
         if mine and not mine[0].coverable:
             break

@@ -56,7 +56,7 @@ async def injected(c: Any) -> dict[str, Any]:
 
 
 async def one_event(sub: Any) -> Event:
-    events = decode_events((await sub.next_msg(timeout=5)).data)
+    events = decode_events((await sub.next_msg(timeout=10)).data)
     assert len(events) == 1, events
     return events[0]
 

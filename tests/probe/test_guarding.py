@@ -44,7 +44,7 @@ def policy(scope: str, **labels: str) -> Policy:
 async def status_until(sub: Any, cid: str, check: Any, tries: int = 30) -> ContainerStatus:
     """The container's status from successive heartbeats, until check(status) holds."""
     for _ in range(tries):
-        status = msgspec.json.decode((await sub.next_msg(timeout=3)).data, type=ProbeStatus)
+        status = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=ProbeStatus)
         mine = [c for c in status.containers if c.id == cid]
         if mine and check(mine[0]):
             return mine[0]
@@ -112,7 +112,7 @@ async def test_tampering_with_the_preload_file_is_repaired_and_reported(
     )
     assert code == 0, out
 
-    events = decode_events((await sub.next_msg(timeout=5)).data)
+    events = decode_events((await sub.next_msg(timeout=10)).data)
     tamper = [e for e in events if e.kind == Kind.TAMPER]
     assert tamper
     assert tamper[0].severity == Severity.CRITICAL

@@ -80,7 +80,7 @@ async def test_status_reports_guarded_container_with_revision_and_libc(
     await start_probe()
     cid = guarded.id[:12]
     for _ in range(20):
-        status = msgspec.json.decode((await sub.next_msg(timeout=3)).data, type=ProbeStatus)
+        status = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=ProbeStatus)
         mine = [c for c in status.containers if c.id == cid]
         if mine and mine[0].guarded:
             break

@@ -68,7 +68,7 @@ async def test_events_written_while_nats_is_down_are_published_when_it_returns(
             )
             got: list[str] = []
             while len(got) < 3:
-                got += [e.target for e in decode_events((await sub.next_msg(timeout=5)).data)]
+                got += [e.target for e in decode_events((await sub.next_msg(timeout=10)).data)]
             assert got == ["/etc/during-outage"] * 3
             await reader.drain()
             await probe.stop()

@@ -129,7 +129,9 @@ def test_loader_names_tell_the_libc_family() -> None:
     assert loader_family(["ld-linux-x86-64.so.2"]) == "glibc"
     assert loader_family(["ld-linux-aarch64.so.1"]) == "glibc"
     assert loader_family(["libc.so"]) == "none"
-    assert loader_family(["ld-musl-x86_64.so.1", "ld-linux-x86-64.so.2"]) == "glibc"  # glibc image + musl-tools
+    assert (
+        loader_family(["ld-musl-x86_64.so.1", "ld-linux-x86-64.so.2"]) == "glibc"
+    )  # glibc image + musl-tools
 
 
 def test_glibc_version_from_the_release_banner_or_symbol_versions() -> None:
