@@ -127,7 +127,7 @@ class Aggregator:
                 self._close(key, w)
             elif w.closed and now >= w.closed_at + self.window + self.grace:
                 del self.windows[key]
-                self._changes[self._names.pop(key, None) or key_name(key)] = None
+                self._changes[self._names.pop(key, "") or key_name(key)] = None
 
     def take(self) -> tuple[list[Alert], dict[str, Window | None]]:
         """What to publish, then what to persist (in this order), since the last take."""
