@@ -154,7 +154,7 @@ class Tracked:
             libc=self.libc.family,
             guarded=self.guarded,
             coverable=self.coverable,
-            reason=self.reason,
+            reason=self.reason or ("" if self.guarded else "no policy selects this container"),
             policies=self.policies,
             revision=self.revision if self.guarded else 0,
             covered=self.covered,
