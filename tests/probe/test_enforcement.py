@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -21,6 +22,7 @@ from preguard.proto import (
     NetworkRule,
     Outcome,
     Policy,
+    ProbeStatus,
     ProcessRule,
     Protocol,
     Selector,
@@ -300,3 +302,30 @@ async def test_processes_from_before_a_removed_preguard_dir_keep_reporting_and_r
     assert code == 0, out
     e = await one_event(sub)  # and its event came through the pipe it had open
     assert (e.target, e.revision, e.exe) == ("/etc/hostname", 2, "/usr/bin/bash")
+
+
+async def test_records_the_library_could_not_write_are_counted_in_the_status(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    c = await container(glibc_image, SETUP)
+    first = await start_probe()  # no keeper: while it is away, nobody holds the pipe
+    await injected(c)
+    await first.stop()
+    assert (await run_in(c, "/bin/cat", "/etc/shadow"))[0] != 0  # denied, its record dropped
+    sub = await nc.subscribe(subjects.status(host))
+    await start_probe()
+    for _ in range(30):
+        status = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=ProbeStatus)
+        mine = [s for s in status.containers if s.id == c.id[:12]]
+        if mine and mine[0].drops_library:
+            break
+    assert mine[0].drops_library == 1
+    assert mine[0].events == 0
