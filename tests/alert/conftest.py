@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
@@ -13,9 +14,11 @@ import pytest
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
 
 from preguard.alert.service import AlertService
 from preguard.alert.settings import AlertSettings
+from preguard.alert.streams import lease_bucket, state_bucket, work_stream
 from preguard.proto import Alert, Event, Kind, Outcome, Severity, Subjects, decode
 
 _pids = itertools.count(100)
@@ -66,19 +69,28 @@ def settings() -> AlertSettings:
 async def make_service(
     nc: NATS, subjects: Subjects, settings: AlertSettings
 ) -> AsyncIterator[Callable[..., Awaitable[AlertService]]]:
-    """Start services (each with its own instance name); all are stopped after the test."""
+    """Start services (each with its own instance name); all are stopped after the test, and the
+    streams and buckets they made are deleted (the session's server is shared by every test)."""
     started: list[AlertService] = []
+    used: set[Subjects] = {subjects}
 
     async def make(client: NATS | None = None, on: Subjects | None = None, **changes: object) -> AlertService:
         config = msgspec.structs.replace(settings, instance="", **changes).named()
         service = AlertService(client or nc, on or subjects, config)
         await service.start()
         started.append(service)
+        used.add(on or subjects)
         return service
 
     yield make
     for service in started:
         await service.stop()
+    js = nc.jetstream()
+    for s in used:
+        names = [s.stream_events(), work_stream(s), s.stream_alerts()]
+        for name in [*names, f"KV_{state_bucket(s)}", f"KV_{lease_bucket(s)}"]:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(name)
 
 
 async def next_alert(sub: Subscription, timeout: float = 5.0) -> Alert:
