@@ -29,6 +29,7 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
     keeper: str = "/run/preguard/keeper.sock"  # the pipe keeper's socket; "off": no keeper
     scope: str = ""  # PREGUARD_SCOPE: only containers with this label ("key" or "key=value"); "" = all
     proc: str = "/proc"  # where the host's processes are seen (the probe needs the host PID namespace)
+    create_streams: bool = True  # false when its credential may not (preguard.auth): others create them
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProbeSettings:

@@ -21,6 +21,7 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
             subjects=[subjects.policy_all()],
             max_msgs_per_subject=1,
             storage=StorageType.FILE,
+            allow_direct=True,  # a probe may read only its own host's bundle: a direct get by subject
         ),
         StreamConfig(
             name=subjects.stream_events(),
