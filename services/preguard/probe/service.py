@@ -56,7 +56,6 @@ class Probe:
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._bundle_sub: object = None
-        self._bundle: PolicyBundle | None = None
         self._reconnects = 0
         self._keeper = KeeperClient(Path(settings.keeper)) if settings.keeper != "off" else None
 
@@ -81,9 +80,9 @@ class Probe:
         js = self._nc.jetstream()
         if self._settings.create_streams:
             await ensure_streams(js, self._subjects)
-        self._bundle = await self._load_bundle()  # before any container: none is touched on a guess
-        if self._bundle is not None:
-            self.bundle = self._bundle
+        subject = self._subjects.policy(self.host)
+        self.bundle = await self._load_bundle()  # before any container: none is touched on a guess
+        if self.bundle is not None:
             log.info("bundle_loaded", revision=self.bundle.revision)
         if self._keeper is not None and not await asyncio.to_thread(self._keeper.connect):
             log.warning("keeper_unavailable", socket=str(self._keeper.path))
@@ -144,7 +143,7 @@ class Probe:
 
     async def _reload_bundle(self) -> None:
         if (bundle := await self._load_bundle()) is not None:
-            self._apply_bundle(bundle)
+            await self._apply_bundle(bundle)
 
     async def _on_bundle(self, msg: Msg) -> None:
         try:
@@ -152,9 +151,9 @@ class Probe:
         except msgspec.DecodeError as exc:
             log.error("bundle_refused", subject=msg.subject, error=str(exc))
             return
-        self._apply_bundle(bundle)
+        await self._apply_bundle(bundle)
 
-    def _apply_bundle(self, bundle: PolicyBundle) -> None:
+    async def _apply_bundle(self, bundle: PolicyBundle) -> None:
         if self.bundle is not None and bundle.revision <= self.bundle.revision:
             log.info("bundle_ignored", revision=bundle.revision, applied=self.bundle.revision)
             return
