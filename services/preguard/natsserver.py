@@ -58,8 +58,14 @@ def run_nats_server(
     host: str = "127.0.0.1",
     config: Path | None = None,
     log_file: Path | None = None,
+    tls: bool = False,
 ) -> Iterator[str]:
-    """Start nats-server with JetStream storing under store_dir; yield its URL; stop it after."""
+    """Start nats-server with JetStream storing under store_dir; yield its URL; stop it after.
+
+    config: a nats-server config file (authorization, TLS: see preguard.auth and tls_config);
+    the address, port and JetStream options given here override what it says. tls: the config
+    makes the server require TLS, so the URL says `tls://`.
+    """
     port = port or free_port(host)
     if port_in_use(port, host):
         raise NatsServerError(f"port {port} is already in use on {host}")
@@ -70,11 +76,23 @@ def run_nats_server(
     proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
     try:
         wait_listening(port, proc)
-        yield f"nats://{host}:{port}"
+        yield f"{'tls' if tls else 'nats'}://{host}:{port}"
     finally:
         stop(proc)
         if log_file:
             out.close()  # type: ignore[union-attr]
+
+
+def tls_config(
+    cert: Path, key: Path, ca: Path | None = None, verify_clients: bool = False
+) -> dict[str, object]:
+    """The config's `tls` block; verify_clients: clients must present a certificate signed by ca."""
+    block: dict[str, object] = {"cert_file": str(cert), "key_file": str(key), "timeout": 5}
+    if ca is not None:
+        block["ca_file"] = str(ca)
+    if verify_clients:
+        block["verify"] = True
+    return block
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -27,11 +27,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     host: str = ""  # probe's host name; default the machine's
     prefix: str = "preguard"
-    creds: str | None = None  # NATS credentials file
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    creds: str | None = None  # a preguard credential (JSON, see preguard.auth) or a NATS .creds file
+    tls_ca: str | None = None  # CA of the server's certificate (PREGUARD_TLS_CA)
+    tls_cert: str | None = None  # client certificate, when the server verifies clients ...
+    tls_key: str | None = None  # ... and its key
     log_level: str = "info"
+    inbox_prefix: str | None = None  # replies' subject prefix; default from the credential, else _INBOX
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -72,6 +73,58 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
+def nats_options(settings: Settings) -> dict[str, Any]:
+    """nats.connect() keywords for the credential and TLS files the settings name."""
+    from preguard.auth import read_credential
+
+    options: dict[str, Any] = {}
+    tls_ca = settings.tls_ca
+    if settings.creds:
+        cred = read_credential(settings.creds)
+        if cred is None:
+            options["user_credentials"] = settings.creds  # a NATS .creds file (JWT and nkey seed)
+        else:
+            options.update(user=cred.user, password=cred.password)
+            if cred.inbox_prefix:
+                options["inbox_prefix"] = cred.inbox_prefix
+            tls_ca = tls_ca or cred.tls_ca or None
+    if settings.inbox_prefix:
+        options["inbox_prefix"] = settings.inbox_prefix
+    if tls_ca or settings.tls_cert or settings.nats_url.startswith("tls://"):
+        import ssl
+
+        tls = ssl.create_default_context(cafile=tls_ca)
+        if settings.tls_cert:
+            tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+        options["tls"] = tls
+    return options
+
+
+def operator_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings for the operator commands: without PREGUARD_CREDS, the operator credential that
+    `preguard up` left under its data directory (PREGUARD_DATA_DIR, default ~/.local/share/preguard)
+    is used when it exists, and its server URL when PREGUARD_NATS_URL is not set."""
+    from pathlib import Path
+
+    from preguard.auth import read_credential
+
+    settings = Settings.from_env(environ)
+    if settings.creds:
+        return settings
+    data = Path(environ.get("PREGUARD_DATA_DIR") or Path.home() / ".local/share/preguard")
+    path = data / "auth" / "operator.json"
+    try:
+        cred = read_credential(path)
+    except (OSError, msgspec.DecodeError):
+        return settings
+    if cred is None:
+        return settings
+    settings = msgspec.structs.replace(settings, creds=str(path))
+    if cred.url and not environ.get("PREGUARD_NATS_URL"):
+        settings = msgspec.structs.replace(settings, nats_url=cred.url)
+    return settings
+
+
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     """A NATS connection that reconnects forever and logs what the client reports."""
 
@@ -84,24 +137,15 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     async def reconnected_cb() -> None:
         log.info("nats_reconnected")
 
-    tls = None
-    if settings.tls_ca or settings.tls_cert:
-        import ssl
-
-        tls = ssl.create_default_context(cafile=settings.tls_ca)
-        if settings.tls_cert:
-            tls.load_cert_chain(settings.tls_cert, settings.tls_key)
     return await nats.connect(
         settings.nats_url,
         name=name,
-        user_credentials=settings.creds,
-        tls=tls,
+        **{**nats_options(settings), **options},
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
-        **options,
     )
 
 
