@@ -153,3 +153,40 @@ def test_check_validates_files_offline(tmp_path: Path) -> None:
     )
     assert refused.returncode == 1
     assert "$.acton: Object contains unknown field `acton`" in refused.stderr
+
+
+async def test_alerts_follow_with_a_severity_prints_live_alerts_of_that_severity_only(
+    nc: NATS, nats_url: str, subjects: Subjects
+) -> None:
+    from preguard.proto import Alert, Kind, Severity
+
+    env = {**os.environ, "PREGUARD_PREFIX": subjects.prefix, "PREGUARD_NATS_URL": nats_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "preguard.cli", "alerts", "--follow", "--severity", "high", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    now = datetime.now(UTC)
+
+    def alert(severity: Severity, target: str) -> Alert:
+        return Alert(
+            id=target, host="h1", container_id="abcdef123456", container_name="web-1", image="i", policy="p",
+            rule=0, kind=Kind.FILE, target=target, action="blocked", severity=severity, count=1,
+            first_seen=now, last_seen=now,
+        )  # fmt: skip
+
+    try:
+        async with asyncio.timeout(20):
+            while True:  # until the CLI has subscribed: publish, and see whether a line comes back
+                await nc.publish(subjects.alerts("low", "h1"), encode(alert(Severity.LOW, "/low")))
+                await nc.publish(subjects.alerts("high", "h1"), encode(alert(Severity.HIGH, "/high")))
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), 0.5)
+                    break
+                except TimeoutError:
+                    continue
+        row = json.loads(line)
+        assert (row["target"], row["severity"], row["host"]) == ("/high", "high", "h1")
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -201,6 +201,8 @@ def test_subjects_follow_the_contract_and_sanitise_tokens() -> None:
     assert s.status("h*>") == "preguard.status.h__"
     assert s.alerts("high", "h1") == "preguard.alerts.high.h1"
     assert token("") == "_"
+    assert s.alerts_matching("high") == "preguard.alerts.high.*"
+    assert s.alerts_matching(host="web.1") == "preguard.alerts.*.web_1"
     assert Subjects(prefix="acme.pg").events_all() == "acme.pg.events.>"
     assert Subjects(prefix="acme.pg").stream_events() == "acme_pg_events"
     with pytest.raises(ValueError, match="invalid subject prefix"):

@@ -63,6 +63,10 @@ class Subjects(msgspec.Struct, frozen=True):
     def alerts_all(self) -> str:
         return f"{self.prefix}.alerts.>"
 
+    def alerts_matching(self, severity: str | None = None, host: str | None = None) -> str:
+        """A subscription pattern: `*` where a filter is not given (never a sanitised `_`)."""
+        return f"{self.prefix}.alerts.{token(severity) if severity else '*'}.{token(host) if host else '*'}"
+
     # -- JetStream names (no dots allowed there) -------------------------------------------------
     def _js(self, what: str) -> str:
         return f"{self.prefix.replace('.', '_')}_{what}"

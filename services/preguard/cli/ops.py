@@ -31,7 +31,7 @@ from preguard.proto import (
     encode,
     load_policies,
 )
-from preguard.runtime import Settings
+from preguard.runtime import Settings, nats_options, operator_settings
 
 CLIENT_HEADER = "Preguard-Client"
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
@@ -59,7 +59,7 @@ async def _connect(settings: Settings) -> NATS:
             return await nats.connect(
                 settings.nats_url,
                 name=client_id(),
-                user_credentials=settings.creds,
+                **nats_options(settings),  # credential (default: up's operator one), TLS
                 connect_timeout=3,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,
@@ -199,8 +199,7 @@ async def alerts(nc: NATS, subjects: Subjects, args: argparse.Namespace, out: Ou
             ):
                 queue.put_nowait(alert)
 
-        subject = subjects.alerts(args.severity, args.host or "*") if args.severity else subjects.alerts_all()
-        await nc.subscribe(subject, cb=on_alert)
+        await nc.subscribe(subjects.alerts_matching(args.severity, args.host), cb=on_alert)
     try:
         data = await request(nc, subjects.api_alerts("query"), encode(query))
         history = decode(data, AlertList).alerts
@@ -259,7 +258,7 @@ Command = Callable[[NATS, Subjects, argparse.Namespace, Output], Awaitable[int]]
 
 
 def run(command: Command, args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = operator_settings()
     if args.nats:
         settings = msgspec.structs.replace(settings, nats_url=args.nats)
     out = Output(json_lines=args.json or not sys.stdout.isatty())
