@@ -166,6 +166,8 @@ class Probe:
             key = tuple(p.name for p in chosen)
             if tracked.coverable and key not in compiled:
                 compiled[key] = await asyncio.to_thread(compile_rules, chosen, bundle.revision)
+        if self.bundle is not None and bundle.revision <= self.bundle.revision:
+            return  # a newer bundle was applied while we compiled (a reload and a message raced)
         self.bundle, self._compiled = bundle, compiled
         for tracked in list(self.containers.values()):
             self._reconcile(tracked)
