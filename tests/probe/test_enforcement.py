@@ -329,3 +329,27 @@ async def test_records_the_library_could_not_write_are_counted_in_the_status(
             break
     assert mine[0].drops_library == 1
     assert mine[0].events == 0
+
+
+async def test_a_restarted_container_is_guarded_again_and_its_events_flow(
+    nc: NATS,
+    subjects: Subjects,
+    host: str,
+    scope: str,
+    container: Any,
+    glibc_image: str,
+    publish_bundle: PublishBundle,
+    start_probe: StartProbe,
+) -> None:
+    await publish_bundle([lockdown(scope)], revision=1)
+    c = await container(glibc_image, SETUP)
+    probe = await start_probe()
+    first_pid = pid_of(await injected(c))
+    await c.restart(t=0)  # its sleep ignores SIGTERM as pid 1: no point waiting
+    info = await injected(c)
+    assert pid_of(info) != first_pid
+    await eventually(lambda: (t := probe.containers.get(c.id)) is not None and t.info.pid == pid_of(info))
+    sub = await nc.subscribe(subjects.events(host, c.id[:12]))
+    assert (await run_in(c, "/bin/cat", "/etc/shadow"))[0] != 0
+    e = await one_event(sub)
+    assert (e.target, e.container_id) == ("/etc/shadow", c.id[:12])
