@@ -292,7 +292,7 @@ class Control:
         c: Any = ffi.from_buffer("struct preguard_control *", buf)
         c.magic, c.version, c.size = const("CONTROL_MAGIC"), ABI_VERSION, CONTROL_SIZE
         tmp = Path(f"{path}.tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fd = _create_new(tmp, 0o666)
         try:
             os.write(fd, bytes(buf))
             os.fchmod(fd, 0o666)
@@ -317,6 +317,17 @@ class Control:
         finally:
             os.close(fd)
         return generation
+
+
+def _create_new(path: Path, mode: int) -> int:
+    """A fresh temp file: never through a link planted at its name, never an old file reused.
+
+    These helpers take paths, so `directory` must be one the caller trusts (a host path, or
+    /proc/self/fd/N of a descriptor opened safely, as the probe does for containers).
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
 def init_directory(directory: Path) -> None:
@@ -344,7 +355,7 @@ def install_rules(directory: Path, compiled: Any) -> None:
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     target = directory / RULES
     tmp = directory / f".{RULES}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = _create_new(tmp, 0o644)
     try:
         os.write(fd, compiled.data)
         os.fchmod(fd, 0o644)
