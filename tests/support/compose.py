@@ -19,7 +19,7 @@ from preguard.natsserver import binary as nats_binary
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_TAG = "preguard-ci-base:bookworm"
-NATS_TAG = "preguard-ci-nats:local"
+NATS_TAG = "preguard-ci-nats"
 CACHE = Path("/var/cache/preguard")
 PACKAGES = "python3,python3-venv,gcc,make,libc6-dev,musl-tools,procps"
 
@@ -58,6 +58,11 @@ def base_image() -> str:
 
 
 def nats_image(base: str) -> str:
+    """Kept between runs like the base: tagged by the binary's version, built once per version."""
+    version = subprocess.run([nats_binary(), "--version"], capture_output=True, text=True, check=True).stdout
+    tag = f"{NATS_TAG}:{version.strip().rsplit('v', 1)[-1]}"
+    if _image_exists(tag):
+        return tag
     with tempfile.TemporaryDirectory() as ctx:
         shutil.copy2(nats_binary(), Path(ctx, "nats-server"))
         subprocess.run(
@@ -76,7 +81,7 @@ def nats_image(base: str) -> str:
             check=True,
             capture_output=True,
         )
-    return NATS_TAG
+    return tag
 
 
 def wheels() -> Path:
