@@ -61,10 +61,13 @@ static void close_own(int fd)
 static int open_pipe(uint32_t pid)
 {
     char path[HOOK_PATH_MAX];
-    if (!hook_dir_len || hook_dir_len + sizeof "/events" > sizeof path)
+    const char *dir;
+    size_t len = hook_directory(&dir, path);
+    if (!len || len + sizeof "/events" > sizeof path)
         return -1;
-    memcpy(path, hook_dir, hook_dir_len);
-    memcpy(path + hook_dir_len, "/events", sizeof "/events");
+    if (dir != path)
+        memcpy(path, dir, len);
+    memcpy(path + len, "/events", sizeof "/events");
     long fd = SYS3(SYS_openat, AT_FDCWD, path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -1; /* ENXIO: nobody reads; the event is a drop */
@@ -111,6 +114,29 @@ static long write_quietly(int fd, const void *buf, size_t len)
     return n;
 }
 
+/* /proc/self/exe, read at the first event instead of at start-up (most processes never emit one). It
+ * changes only at exec, which replaces this memory anyway. Writes it to out (PREGUARD_EXE_MAX). */
+static char exe[PREGUARD_EXE_MAX];
+static size_t exe_len;
+static int exe_state; /* 0: not yet, 1: being published, 2: ready */
+
+static size_t exe_name(char *out)
+{
+    if (__atomic_load_n(&exe_state, __ATOMIC_ACQUIRE) == 2) {
+        memcpy(out, exe, exe_len);
+        return exe_len;
+    }
+    long n = hook_sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)out, PREGUARD_EXE_MAX, 0, 0);
+    size_t len = n > 0 ? (size_t)n : 0;
+    int expected = 0;
+    if (len && __atomic_compare_exchange_n(&exe_state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        memcpy(exe, out, len);
+        exe_len = len;
+        __atomic_store_n(&exe_state, 2, __ATOMIC_RELEASE);
+    }
+    return len;
+}
+
 void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t revision, const char *target,
                size_t target_len)
 {
@@ -120,7 +146,7 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
         unsigned char bytes[PREGUARD_RECORD_MAX];
     } u;
     struct preguard_record *rec = &u.rec;
-    size_t hdr = sizeof *rec, exe_len = hook_exe_len, flags = 0;
+    size_t hdr = sizeof *rec, exe_len = exe_name((char *)u.bytes + sizeof *rec), flags = 0;
     if (exe_len > PREGUARD_EXE_MAX) {
         exe_len = PREGUARD_EXE_MAX;
         flags |= PREGUARD_FLAG_TRUNCATED;
@@ -146,7 +172,6 @@ void hook_emit(int kind, int outcome, int access, uint32_t rule_id, uint64_t rev
     rec->flags = (uint8_t)flags;
     rec->exe_len = (uint16_t)exe_len;
     rec->target_len = (uint16_t)target_len;
-    memcpy(u.bytes + hdr, hook_exe, exe_len);
     memcpy(u.bytes + hdr + exe_len, target, target_len);
 
     int fd = __atomic_load_n(&pipe_fd, __ATOMIC_ACQUIRE);

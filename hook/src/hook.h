@@ -20,10 +20,9 @@ int hook_enter(void); /* 0: the library itself is in the dynamic loader: pass st
 void hook_leave(void);
 typedef void (*hook_fn)(void);
 hook_fn hook_resolve(const char *name, hook_fn self); /* dlsym(RTLD_NEXT); exits on ourselves */
-extern char hook_dir[HOOK_PATH_MAX];                  /* canonical directory of the library */
-extern size_t hook_dir_len;
-extern char hook_exe[PREGUARD_EXE_MAX];
-extern size_t hook_exe_len;
+/* The library's canonical directory (length; 0: none), pointed to by *dir: the published copy, or
+ * scratch (HOOK_PATH_MAX) while it is not published yet. */
+size_t hook_directory(const char **dir, char *scratch);
 
 /* Resolves a real_* pointer on first use, so hooked calls that arrive before the constructor work. */
 #define REAL(name)                                                                                                     \

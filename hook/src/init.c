@@ -11,16 +11,18 @@
 
 #include "hook.h"
 
-#if defined(__GLIBC__) && defined(__x86_64__)
-/* Bind the oldest versions so the library loads on glibc before 2.34, where dl* lived in libdl. */
+#if defined(__GLIBC__) && defined(__x86_64__) && !defined(PREGUARD_DL_IN_LIBC)
+/* Bind the oldest versions so the library loads on glibc before 2.34, where dl* lived in libdl. The
+ * PREGUARD_DL_IN_LIBC build binds libc.so.6's dlsym@GLIBC_2.34: it refuses to load on older glibc. */
 __asm__(".symver dlsym,dlsym@GLIBC_2.2.5");
 __asm__(".symver dladdr,dladdr@GLIBC_2.2.5");
 #endif
 
-char hook_dir[HOOK_PATH_MAX];
-size_t hook_dir_len;
-char hook_exe[PREGUARD_EXE_MAX];
-size_t hook_exe_len;
+/* the library's canonical directory, published once (dir_state 2) by the first call that needs it */
+static char hook_dir[HOOK_PATH_MAX];
+static size_t hook_dir_len;
+static int dir_state; /* 0: not yet, 1: being published, 2: ready */
+static const char *self_name; /* the file name we were loaded as (the loader's own copy) */
 
 /* initial-exec: the library is loaded at start-up, so its TLS is static and reaching it never
  * allocates (global-dynamic TLS may call malloc, which a program may have interposed). */
@@ -84,38 +86,53 @@ hook_fn hook_resolve(const char *name, hook_fn self)
     return p;
 }
 
-static char self_name[HOOK_PATH_MAX]; /* the file name we were loaded as */
-
-static void find_directory(void)
+/* Not at start-up: most processes (every short-lived exec) never judge a path, and canonicalising
+ * costs a system call per component. Only raw system calls: safe in a forked child or a signal
+ * handler. A caller that finds it unpublished (another thread is copying it in) uses its own copy. */
+size_t hook_directory(const char **dir, char *scratch)
 {
-    Dl_info info;
-    char raw[HOOK_PATH_MAX];
-    static const char anchor = 0; /* any object of ours: dladdr names the file it lives in */
-    if (!dladdr(&anchor, &info) || !info.dli_fname)
-        return;
-    size_t name_len = strnlen(info.dli_fname, sizeof self_name - 1);
-    memcpy(self_name, info.dli_fname, name_len);
-    self_name[name_len] = 0;
-    size_t n = strnlen(info.dli_fname, sizeof raw - 1);
-    memcpy(raw, info.dli_fname, n);
-    raw[n] = 0;
-    char *slash = strrchr(raw, '/');
+    if (__atomic_load_n(&dir_state, __ATOMIC_ACQUIRE) == 2) {
+        *dir = hook_dir;
+        return hook_dir_len;
+    }
+    *dir = scratch;
+    const char *name = __atomic_load_n(&self_name, __ATOMIC_ACQUIRE);
+    if (!name || !strchr(name, '/'))
+        return 0; /* loaded by bare name: no directory, no rules, nothing to protect */
+    /* the directories resolved, the file name itself taken as it is: then cut it off */
+    int len = hook_canon(AT_FDCWD, name, 0, scratch);
+    char *slash = len > 0 ? strrchr(scratch, '/') : NULL;
     if (!slash)
-        return; /* loaded by bare name: no directory, no rules, nothing to protect */
-    *slash = 0;
-    int len = hook_canon(AT_FDCWD, raw[0] ? raw : "/", 1, hook_dir);
-    hook_dir_len = len > 0 ? (size_t)len : 0;
+        return 0;
+    size_t n = slash == scratch ? 1 : (size_t)(slash - scratch);
+    scratch[n] = 0;
+    int expected = 0;
+    if (__atomic_compare_exchange_n(&dir_state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        memcpy(hook_dir, scratch, n + 1);
+        hook_dir_len = n;
+        __atomic_store_n(&dir_state, 2, __ATOMIC_RELEASE);
+    }
+    return n;
 }
 
+/* Start-up does only what cannot wait: the loader calls (dladdr, dlsym) are unsafe later, in a forked
+ * child or a signal handler. The rules, the control file and /proc/self/exe are read at the first
+ * call that needs them, so a process sees the rules of the generation current at that call. */
 static void do_init(void)
 {
     int saved = errno;
-    find_directory();
-    long n = hook_sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)hook_exe, sizeof hook_exe, 0, 0);
-    hook_exe_len = n > 0 ? (size_t)n : 0;
+    Dl_info info;
+    static const char anchor = 0; /* any object of ours: dladdr names the file it lives in */
+    if (dladdr(&anchor, &info) && info.dli_fname)
+        __atomic_store_n(&self_name, info.dli_fname, __ATOMIC_RELEASE);
+    if (self_name && self_name[0] != '/' && strchr(self_name, '/')) {
+        /* a relative name means the working directory at start-up, not wherever we are later */
+        char scratch[HOOK_PATH_MAX];
+        const char *dir;
+        (void)hook_directory(&dir, scratch);
+    }
     hook_resolve_early();
     hook_resolve_exec(self_name);
-    (void)hook_rules(); /* maps control and rules */
     errno = saved;
 }
 

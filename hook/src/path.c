@@ -297,5 +297,8 @@ int hook_is_protected(const char *canon, size_t len)
     static const char preload[] = "/etc/ld.so.preload";
     if (len == sizeof preload - 1 && !memcmp(canon, preload, len))
         return 1;
-    return hook_dir_len > 1 && under(canon, len, hook_dir, hook_dir_len);
+    char scratch[HOOK_PATH_MAX];
+    const char *dir;
+    size_t dlen = hook_directory(&dir, scratch);
+    return dlen > 1 && under(canon, len, dir, dlen);
 }

@@ -35,19 +35,21 @@ static uint64_t now_ns(void)
 
 static size_t join(char *out, const char *name)
 {
-    size_t n = strlen(name);
-    if (hook_dir_len + 1 + n >= HOOK_PATH_MAX)
+    const char *dir;
+    size_t n = strlen(name), len = hook_directory(&dir, out);
+    if (!len || len + 1 + n >= HOOK_PATH_MAX)
         return 0;
-    memcpy(out, hook_dir, hook_dir_len);
-    out[hook_dir_len] = '/';
-    memcpy(out + hook_dir_len + 1, name, n + 1);
-    return hook_dir_len + 1 + n;
+    if (dir != out)
+        memcpy(out, dir, len);
+    out[len] = '/';
+    memcpy(out + len + 1, name, n + 1);
+    return len + 1 + n;
 }
 
 static void map_control(void)
 {
     char path[HOOK_PATH_MAX];
-    if (!hook_dir_len || !join(path, "control"))
+    if (!join(path, "control"))
         return;
     uint64_t t = now_ns();
     if (t < __atomic_load_n(&control_retry_ns, __ATOMIC_RELAXED))
