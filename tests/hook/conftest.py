@@ -100,9 +100,11 @@ class Guard:
         return Control.read(self.dir / "control")
 
 
-@pytest.fixture
-def guard(hook_build: Path, tmp_path: Path) -> Iterator[Guard]:
-    g = Guard(tmp_path / "pg", hook_build / "libpreguard-glibc.so")
+# Both glibc builds: the one linking libdl.so.2 (glibc before 2.34) and the one taking dlsym from
+# libc.so.6 (what this host's glibc gets from the probe).
+@pytest.fixture(params=["libpreguard-glibc.so", "libpreguard-glibc-2.34.so"], ids=["libdl", "dl-in-libc"])
+def guard(hook_build: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Guard]:
+    g = Guard(tmp_path / "pg", hook_build / request.param)
     yield g
     g.close()
 

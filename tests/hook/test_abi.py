@@ -14,8 +14,10 @@ from preguard.proto import Kind, Outcome
 from preguard.proto.abi import (
     ABI_VERSION,
     CDEF,
+    GLIBC_DL_IN_LIBC,
     GLIBC_NEEDS,
     GLIBC_REQUIRED,
+    LIBRARY_BUILDS,
     NO_RULE,
     RECORD_HEADER,
     RECORD_MAX,
@@ -133,6 +135,20 @@ def test_glibc_floor_is_what_the_built_library_needs(hook_build: Path) -> None:
     }
     assert max(v[:2] for v in versions) == GLIBC_REQUIRED
     assert glibc_version_ok((2, 36)) and glibc_version_ok(GLIBC_REQUIRED) and not glibc_version_ok((2, 16))
+
+
+def test_the_glibc_2_34_build_maps_no_libdl(hook_build: Path) -> None:
+    """dlsym and dladdr come from libc.so.6 (GLIBC_2.34): no libdl.so.2 to find and map at every
+    exec, and a loader older than 2.34 refuses the file rather than missing a symbol later."""
+    from preguard.probe.libc import needed_libraries
+
+    new = hook_build / LIBRARY_BUILDS["glibc-2.34"]
+    assert needed_libraries(new.read_bytes()) == ["libc.so.6"]
+    assert "libdl.so.2" in needed_libraries((hook_build / LIBRARY_BUILDS["glibc"]).read_bytes())
+    out = subprocess.run(["readelf", "-V", str(new)], capture_output=True, text=True, check=True).stdout
+    needs = set(re.findall(r"Name: (GLIBC_[0-9.]+)", out.split("Version needs", 1)[1]))
+    assert needs == {*GLIBC_NEEDS, "GLIBC_2.34"}
+    assert GLIBC_DL_IN_LIBC == (2, 34)
 
 
 def test_install_rules_is_atomic_and_bumps_the_generation(tmp_path: Path) -> None:

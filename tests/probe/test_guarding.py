@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from preguard.probe import inject
 from preguard.probe.inject import LINE
 from preguard.proto import (
     ContainerStatus,
@@ -21,6 +22,7 @@ from preguard.proto import (
     Subjects,
     decode_events,
 )
+from preguard.proto.abi import LIBRARY_BUILDS, library_build
 from tests.probe.conftest import (
     LIBDL,
     SCOPE_LABEL,
@@ -236,7 +238,7 @@ async def test_a_rename_into_a_name_selector_guards_the_container(
     await eventually(lambda: (root / "etc/ld.so.preload").exists())
 
 
-async def test_an_image_without_a_library_the_hook_needs_is_refused_not_broken(
+async def test_glibc_2_34_and_later_get_the_build_that_needs_no_libdl(
     nc: NATS,
     subjects: Subjects,
     host: str,
@@ -246,16 +248,23 @@ async def test_an_image_without_a_library_the_hook_needs_is_refused_not_broken(
     publish_bundle: PublishBundle,
     start_probe: StartProbe,
 ) -> None:
+    """Debian 12 (glibc 2.36) without libdl.so.2: guarded, with the build that takes dlsym from
+    libc.so.6 (the build that links libdl is refused where it is missing: test_units)."""
     c = await container(glibc_image, ["/bin/sh", "-c", f"rm {LIBDL}; exec sleep 3600"])
     root = Path(f"/proc/{pid_of(await c.show())}/root")
     await eventually(lambda: not (root / LIBDL.lstrip("/")).exists())
-    await publish_bundle([policy(scope)], revision=1)
+    blocks_cat = Policy(
+        name="no-cat", selector=Selector(labels={SCOPE_LABEL: scope}), rules=[ProcessRule(name="cat")]
+    )
+    await publish_bundle([blocks_cat], revision=1)
     sub = await nc.subscribe(subjects.status(host))
     await start_probe()
-    mine = await status_until(sub, c.id[:12], lambda s: not s.coverable)
-    assert "libdl.so.2" in mine.reason
-    assert not (root / "etc/ld.so.preload").exists()
-    assert (await run_in(c, "/bin/cat", "/etc/hostname"))[0] == 0
+    mine = await status_until(sub, c.id[:12], lambda s: s.guarded)
+    assert mine.coverable and mine.libc == "glibc"
+    build = inject.LIB_DIR / LIBRARY_BUILDS[library_build("glibc", (2, 36))]
+    assert (root / LINE.lstrip("/")).read_bytes() == build.read_bytes()
+    assert (await run_in(c, "/bin/sh", "-c", "cat /etc/hostname"))[0] == 126  # judged: blocked
+    assert (await run_in(c, "/bin/sh", "-c", "head -c0 /etc/hostname"))[0] == 0
 
 
 async def test_coverage_of_a_host_pid_namespace_container_counts_only_its_own_processes(

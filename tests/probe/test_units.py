@@ -196,6 +196,31 @@ def test_needed_libraries_reads_dt_needed() -> None:
     assert needed_libraries(b"not an elf") == []
 
 
+def test_the_library_build_follows_the_glibc_version() -> None:
+    from preguard.proto.abi import LIBRARY_BUILDS, library_build
+
+    assert library_build("glibc", (2, 36)) == library_build("glibc", (2, 34)) == "glibc-2.34"
+    assert library_build("glibc", (2, 33)) == library_build("glibc", (2, 17)) == "glibc"
+    assert library_build("glibc", None) == "glibc"  # unknown: the build that loads everywhere
+    assert library_build("musl", None) == "musl"
+    assert {library_build("glibc", (2, 36)), library_build("glibc", (2, 31)), "musl"} <= set(LIBRARY_BUILDS)
+
+
+def test_an_image_without_libdl_is_refused_the_build_that_links_it() -> None:
+    """A preloaded library whose dependency is missing stops every program: the probe checks the
+    chosen build's DT_NEEDED list against the image (glibc before 2.34 gets the libdl build)."""
+    from preguard.probe import inject
+    from preguard.probe.libc import missing_libraries, needed_libraries
+
+    class Empty:  # an image that holds only libc.so.6
+        def exists(self, path: str) -> bool:
+            return path.endswith("/libc.so.6")
+
+    libdl_build = needed_libraries(inject.library_bytes("glibc"))
+    assert missing_libraries(Empty(), "glibc", libdl_build) == ["libdl.so.2"]  # type: ignore[arg-type]
+    assert missing_libraries(Empty(), "glibc", needed_libraries(inject.library_bytes("glibc-2.34"))) == []  # type: ignore[arg-type]
+
+
 def test_one_container_cannot_fill_the_whole_outage_buffer() -> None:
     from datetime import UTC, datetime
 

@@ -72,7 +72,21 @@ LIBRARY = "libpreguard.so"  # DIR_NAME/LIBRARY is the line in /etc/ld.so.preload
 RULES = "rules.bin"
 CONTROL = "control"
 PIPE = "events"
-LIBRARY_BUILDS = {"glibc": "libpreguard-glibc.so", "musl": "libpreguard-musl.so"}
+LIBRARY_BUILDS = {
+    "glibc": "libpreguard-glibc.so",  # links libdl.so.2: loads on every glibc from GLIBC_REQUIRED on
+    "glibc-2.34": "libpreguard-glibc-2.34.so",  # dlsym from libc.so.6: one object less at every exec
+    "musl": "libpreguard-musl.so",
+}
+GLIBC_DL_IN_LIBC: tuple[int, int] = (2, 34)  # glibc moved dlsym and dladdr into libc.so.6 here
+
+
+def library_build(family: str, version: tuple[int, int] | None) -> str:
+    """The LIBRARY_BUILDS key for a container's libc: glibc from 2.34 on gets the build that maps no
+    libdl.so.2; an older or unknown glibc the one that links it (the probe checks it is there)."""
+    if family == "glibc" and version is not None and tuple(version) >= GLIBC_DL_IN_LIBC:
+        return "glibc-2.34"
+    return family
+
 
 # Every GLIBC_x.y symbol version the glibc build needs, and the newest of them (a test reads them
 # from the built ELF): a container whose glibc is older cannot load the library.

@@ -41,12 +41,12 @@ def _identity(st: os.stat_result | None) -> Identity | None:
 
 
 @functools.cache
-def library_bytes(family: str) -> bytes:
-    """The build for a libc family; FileNotFoundError when it was not built (no musl-gcc), and
+def library_bytes(build: str) -> bytes:
+    """The build for a libc (an abi.LIBRARY_BUILDS key, see abi.library_build); FileNotFoundError when it was not built (no musl-gcc), and
     ValueError when the file is not a whole ELF object (caught mid-copy by a rebuild, say)."""
-    data = (LIB_DIR / abi.LIBRARY_BUILDS[family]).read_bytes()
+    data = (LIB_DIR / abi.LIBRARY_BUILDS[build]).read_bytes()
     if not complete_elf(data):
-        raise ValueError(f"{abi.LIBRARY_BUILDS[family]} is not a complete ELF shared object")
+        raise ValueError(f"{abi.LIBRARY_BUILDS[build]} is not a complete ELF shared object")
     return data
 
 
@@ -66,10 +66,11 @@ def _fresh_control() -> bytes:
         return Path(tmp, "control").read_bytes()
 
 
-def install(root: RootFS, family: str, installed: Installed) -> None:
-    """The directory, library, control file and pipe; unchanged files are left as they are."""
+def install(root: RootFS, build: str, installed: Installed) -> None:
+    """The directory, library (an abi.LIBRARY_BUILDS key), control file and pipe; unchanged files are
+    left as they are."""
     root.ensure_dir(DIR)
-    data = library_bytes(family)
+    data = library_bytes(build)
     if root.read(_LIBRARY, limit=len(data) + 1) != data:
         installed.library = _identity(root.write_atomic(_LIBRARY, data, 0o755))
     else:

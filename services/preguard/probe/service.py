@@ -30,7 +30,7 @@ from preguard.probe.selection import ContainerInfo, select
 from preguard.probe.settings import ProbeSettings
 from preguard.probe.streams import ensure_streams
 from preguard.proto import PolicyBundle, ProbeStatus, Subjects, decode, encode
-from preguard.proto.abi import GLIBC_REQUIRED, Record, glibc_version_ok
+from preguard.proto.abi import GLIBC_REQUIRED, Record, glibc_version_ok, library_build
 from preguard.proto.rulesfile import CompiledRules, compile_rules
 
 log = structlog.get_logger()
@@ -238,7 +238,7 @@ class Probe:
             tracked.refuse("read-only root filesystem")
         else:
             try:
-                library = inject.library_bytes(libc.family)
+                library = inject.library_bytes(library_build(libc.family, libc.version))
             except (FileNotFoundError, KeyError):
                 tracked.refuse(f"no {libc.family} build of the library in this probe")
                 return
@@ -276,7 +276,7 @@ class Probe:
         assert tracked.root is not None
         root, first = tracked.root, not tracked.injected
         if first:
-            inject.install(root, tracked.libc.family, tracked.installed)
+            inject.install(root, library_build(tracked.libc.family, tracked.libc.version), tracked.installed)
             tracked.injected = True
         if tracked.revision != compiled.revision or first or tracked.installed.rules is None:
             tracked.keep_compiled(compiled)
