@@ -49,9 +49,12 @@ class Stack:
         self.compose = [*_compose_command(), "-p", project, "-f", str(COMPOSE_FILE)]
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.compose, *args], env=self.env, capture_output=True, text=True, check=check, timeout=timeout
+        done = subprocess.run(
+            [*self.compose, *args], env=self.env, capture_output=True, text=True, check=False, timeout=timeout
         )
+        if check and done.returncode != 0:  # say what compose said, not just the exit status
+            raise AssertionError(f"`{' '.join(done.args)}` failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return done
 
     def container(self, service: str) -> str:
         out = self.run("ps", "-q", service).stdout.split()

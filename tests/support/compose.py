@@ -71,7 +71,7 @@ def nats_image(base: str) -> str:
                 "build",
                 "-q",
                 "-t",
-                NATS_TAG,
+                tag,
                 "--build-arg",
                 f"BASE={base}",
                 "-f",
