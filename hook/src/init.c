@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -115,6 +116,15 @@ size_t hook_directory(const char **dir, char *scratch)
     return n;
 }
 
+/* A process that forks maps the rules once, before its first fork, and every child inherits them: a
+ * fork+exec loop would otherwise map them afresh in each child (its exec is judged there). */
+static void before_fork(void)
+{
+    int saved = errno;
+    (void)hook_rules();
+    errno = saved;
+}
+
 /* Start-up does only what cannot wait: the loader calls (dladdr, dlsym) are unsafe later, in a forked
  * child or a signal handler. The rules, the control file and /proc/self/exe are read at the first
  * call that needs them, so a process sees the rules of the generation current at that call. */
@@ -133,6 +143,7 @@ static void do_init(void)
     }
     hook_resolve_early();
     hook_resolve_exec(self_name);
+    pthread_atfork(before_fork, NULL, NULL);
     errno = saved;
 }
 

@@ -54,25 +54,33 @@ static void map_control(void)
     uint64_t t = now_ns();
     if (t < __atomic_load_n(&control_retry_ns, __ATOMIC_RELAXED))
         return;
-    __atomic_store_n(&control_retry_ns, t + 1000000000u, __ATOMIC_RELAXED); /* at most once a second */
+    /* Only a failed attempt holds off the next one (at most once a second): the first mapping happens
+     * at a hooked call, and a signal handler interrupting it must map the file too, not find it
+     * "recently tried" and go unjudged. Racing mappers are settled by the compare-and-swap below. */
+    uint64_t retry = t + 1000000000u;
     int prot = PROT_READ | PROT_WRITE;
     long fd = SYS3(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         prot = PROT_READ; /* counters stay untouched, rules still reload */
         fd = SYS3(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
     }
-    if (fd < 0)
+    if (fd < 0) {
+        __atomic_store_n(&control_retry_ns, retry, __ATOMIC_RELAXED);
         return;
+    }
     struct stat st;
     void *m = MAP_FAILED;
     if (SYS3(SYS_fstat, fd, &st, 0) == 0 && st.st_size >= (off_t)sizeof(struct preguard_control))
         m = (void *)hook_sys(SYS_mmap, 0, sizeof(struct preguard_control), prot, MAP_SHARED, fd, 0);
     SYS3(SYS_close, fd, 0, 0);
-    if (m == MAP_FAILED || (unsigned long)m > -4096UL)
+    if (m == MAP_FAILED || (unsigned long)m > -4096UL) {
+        __atomic_store_n(&control_retry_ns, retry, __ATOMIC_RELAXED);
         return;
+    }
     struct preguard_control *c = m;
     if (c->magic != PREGUARD_CONTROL_MAGIC || c->version != PREGUARD_ABI_VERSION) {
         SYS3(SYS_munmap, m, sizeof(struct preguard_control), 0);
+        __atomic_store_n(&control_retry_ns, retry, __ATOMIC_RELAXED);
         return;
     }
     control_writable = (prot & PROT_WRITE) != 0;

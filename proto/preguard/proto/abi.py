@@ -90,7 +90,7 @@ def library_build(family: str, version: tuple[int, int] | None) -> str:
 
 # Every GLIBC_x.y symbol version the glibc build needs, and the newest of them (a test reads them
 # from the built ELF): a container whose glibc is older cannot load the library.
-GLIBC_NEEDS: tuple[str, ...] = ("GLIBC_2.2.5", "GLIBC_2.14", "GLIBC_2.17")
+GLIBC_NEEDS: tuple[str, ...] = ("GLIBC_2.2.5", "GLIBC_2.3.2", "GLIBC_2.14", "GLIBC_2.17")
 GLIBC_REQUIRED: tuple[int, int] = (2, 17)
 
 
