@@ -53,7 +53,9 @@ class Stack:
             [*self.compose, *args], env=self.env, capture_output=True, text=True, check=False, timeout=timeout
         )
         if check and done.returncode != 0:  # say what compose said, not just the exit status
-            raise AssertionError(f"`{' '.join(done.args)}` failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            raise AssertionError(
+                f"`{' '.join(done.args)}` failed ({done.returncode}):\n{done.stderr[-3000:]}"
+            )
         return done
 
     def container(self, service: str) -> str:
@@ -97,7 +99,7 @@ def stack(docker_engine: None) -> Iterator[Stack]:
     wheels()
     s = Stack(f"pgtest{suffix}", env, f"nats://127.0.0.1:{nats_port}")
     try:
-        s.run("build")
+        s.run("build", "policy")  # one image serves every preguard service (same `image:` tag)
         s.run("up", "-d")
         yield s
     finally:
