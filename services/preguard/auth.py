@@ -90,7 +90,7 @@ def permissions(role: Role, subjects: Subjects, host: str = "") -> Permissions:
         own = s.policy(host)
         return Permissions(
             publish=[
-                s.events(host, "*"),
+                f"{p}.events.{token(host)}.*",
                 s.status(host),
                 f"$JS.API.DIRECT.GET.{s.stream_bundles()}.{own}",  # its own retained bundle only
             ],

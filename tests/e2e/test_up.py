@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 
 from preguard.natsserver import free_port
 from preguard.proto import Alert, ProbeStatus, Subjects, decode, decode_policy, encode
+from preguard.runtime import Settings, nats_options
 from tests.conftest import MakeContainer
 
 pytestmark = pytest.mark.docker
@@ -119,6 +120,9 @@ def up(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterato
         "PREGUARD_PREFIX": prefix,
         "PREGUARD_STATUS_INTERVAL": "1",
         "PREGUARD_SCOPE": f"preguard-e2e={prefix}",
+        # its own pipe keeper (which holds pipes open while the probe is away), stopped after the test
+        "PREGUARD_KEEPER": str(data / "keeper.sock"),
+        "PREGUARD_DATA_DIR": str(data),  # the CLI finds up's operator credential there
     }
     args = [
         "up",
@@ -152,6 +156,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterato
         finally:
             console.close()
         assert any(line.startswith("stopped") for line in console.lines), "".join(console.lines)
+        subprocess.run(["pkill", "-f", f"preguard.probe.keeper {data}"], check=False)
         leftover = subprocess.run(
             ["pgrep", "-f", f"-sd {data}"], capture_output=True, text=True, check=False
         ).stdout
@@ -160,7 +165,10 @@ def up(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterato
 
 @pytest.fixture
 async def bus(up: Up) -> AsyncIterator[NATS]:
-    nc = await nats.connect(up.url)
+    admin = Settings(
+        nats_url=up.url, creds=str(up.data / "auth" / "admin.json")
+    )  # up's server refuses anonymous
+    nc = await nats.connect(up.url, **nats_options(admin))
     yield nc
     await nc.drain()
 

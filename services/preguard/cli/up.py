@@ -16,9 +16,12 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
+from preguard.auth import Generated, Role, generate
 from preguard.natsserver import NatsServerError, port_in_use, run_nats_server
 from preguard.proto import Subjects
+from preguard.runtime import Settings, nats_options
 
 SERVICES = ("policy", "alert", "probe", "console")
 READY_TIMEOUT = 30.0
@@ -40,8 +43,8 @@ def up(args: argparse.Namespace) -> int:
         _docker_reachable()
         if port_in_use(args.console_port):
             raise UpError(f"port {args.console_port} is in use: pass --console-port N")
-        with _nats(args, data) as url:
-            return asyncio.run(_run(args, url, data))
+        with _nats(args, data) as (url, auth):
+            return asyncio.run(_run(args, url, data, auth))
     except UpError as exc:
         print(f"preguard: {exc}", file=sys.stderr)
         return 2
@@ -50,19 +53,30 @@ def up(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _nats(args: argparse.Namespace, data: Path) -> Iterator[str]:
+def _nats(args: argparse.Namespace, data: Path) -> Iterator[tuple[str, Generated | None]]:
+    """The server's URL, and the credentials generated for it (None: --nats, bring your own)."""
     if args.nats:
         say("nats", f"using {args.nats}")
-        yield args.nats
+        yield args.nats, None
         return
     if port_in_use(args.nats_port):
         raise UpError(
             f"port {args.nats_port} is in use: pass --nats-port N, or --nats URL to use that server"
         )
+    host = args.host or socket.gethostname()
+    subjects = Subjects(prefix=os.environ.get("PREGUARD_PREFIX") or "preguard")
+    url = f"nats://127.0.0.1:{args.nats_port}"
+    auth = generate(data / "auth", subjects, [host], url=url)
     try:
-        with run_nats_server(data / "jetstream", args.nats_port, log_file=data / "nats.log") as url:
+        with run_nats_server(
+            data / "jetstream", args.nats_port, config=auth.config, log_file=data / "nats.log"
+        ) as url:
             say("nats", f"started at {url} (JetStream data in {data / 'jetstream'})")
-            yield url
+            say("auth", f"anonymous clients refused; one credential per service in {auth.directory}")
+            say(
+                "auth", f"operator (policy-writer) credential: {auth.path(Role.OPERATOR)} (the CLI's default)"
+            )
+            yield url, auth
     except NatsServerError as exc:
         raise UpError(str(exc)) from None
 
@@ -80,7 +94,40 @@ def _docker_reachable() -> None:
         raise UpError(f"no Docker engine answers at {path}: start dockerd (or set DOCKER_HOST)") from None
 
 
-async def _run(args: argparse.Namespace, url: str, data: Path) -> int:
+def _child_env(env: dict[str, str], name: str, host: str, auth: Generated | None) -> dict[str, str]:
+    """Each service gets its own credential; the probe's lets it create no stream, so it does not try."""
+    if auth is None:
+        return env
+    role = Role(name)
+    child = {**env, "PREGUARD_CREDS": str(auth.path(role, host if role is Role.PROBE else ""))}
+    if role is Role.PROBE:
+        child["PREGUARD_CREATE_STREAMS"] = "false"
+    return child
+
+
+async def _connect_admin(url: str, auth: Generated | None) -> NATS:
+    if auth is None:
+        return await nats.connect(url, name="preguard-up", **nats_options(Settings.from_env()))
+    options = nats_options(Settings(nats_url=url, creds=str(auth.path(Role.ADMIN))))
+    nc = await nats.connect(url, name="preguard-up", **options)
+    await _allow_direct(nc, Subjects(prefix=os.environ.get("PREGUARD_PREFIX") or "preguard"))
+    return nc
+
+
+async def _allow_direct(nc: NATS, subjects: Subjects) -> None:
+    """A bundles stream from before preguard.auth lacks allow_direct, the only way probes may read."""
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(subjects.stream_bundles())
+    except NotFoundError:
+        return  # the policy service creates it with allow_direct
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+        say("nats", f"stream {subjects.stream_bundles()}: direct get enabled for the probes")
+
+
+async def _run(args: argparse.Namespace, url: str, data: Path, auth: Generated | None = None) -> int:
     host = args.host or socket.gethostname()
     token = os.environ.get("PREGUARD_CONSOLE_TOKEN") or secrets.token_urlsafe(18)
     env = {
@@ -92,7 +139,8 @@ async def _run(args: argparse.Namespace, url: str, data: Path) -> int:
         "PREGUARD_DATA_DIR": str(data),
     }
     subjects = Subjects(prefix=env.get("PREGUARD_PREFIX", "preguard"))
-    nc = await nats.connect(url, name="preguard-up")
+    nc = await _connect_admin(url, auth)
+    envs = {name: _child_env(env, name, host, auth) for name in SERVICES}
     children: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,7 +148,7 @@ async def _run(args: argparse.Namespace, url: str, data: Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         for name in SERVICES:
-            children[name] = _spawn(name, env, data)
+            children[name] = _spawn(name, envs[name], data)
             await _ready(name, nc, subjects, host, args.console_port, children[name], data)
         if getattr(args, "demo", False):
             from preguard.cli.demo import start_demo
@@ -109,7 +157,7 @@ async def _run(args: argparse.Namespace, url: str, data: Path) -> int:
                 say("demo", line)
         say("console", f"http://127.0.0.1:{args.console_port}/  sign-in token: {token}")
         say("ready", f"logs in {data}; Ctrl-C stops everything")
-        watch = asyncio.create_task(_watch(children, env, data))
+        watch = asyncio.create_task(_watch(children, envs, data))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([watch, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -178,7 +226,9 @@ async def _answers(name: str, nc: NATS, subjects: Subjects, console_port: int, s
     return True
 
 
-async def _watch(children: dict[str, subprocess.Popen[bytes]], env: dict[str, str], data: Path) -> None:
+async def _watch(
+    children: dict[str, subprocess.Popen[bytes]], envs: dict[str, dict[str, str]], data: Path
+) -> None:
     """Restarts a service that exits (enforcement in containers does not wait for it); gives up on a crash loop."""
     restarts: dict[str, list[float]] = {name: [] for name in children}
     loop = asyncio.get_running_loop()
@@ -194,7 +244,7 @@ async def _watch(children: dict[str, subprocess.Popen[bytes]], env: dict[str, st
                     f"the {name} service keeps exiting (status {proc.returncode}): see {data / name}.log"
                 )
             say(name, f"exited with status {proc.returncode}; restarting")
-            children[name] = _spawn(name, env, data)
+            children[name] = _spawn(name, envs[name], data)
 
 
 async def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
