@@ -105,6 +105,8 @@ def _to_policy(doc: Any, prefix: str) -> Policy:
         policy = msgspec.convert(doc, Policy)
     except RecursionError:
         raise InvalidPolicy([FieldError(field=prefix, error="document is nested too deeply")]) from None
+    except UnicodeEncodeError:  # YAML's "\ud800" escape makes a lone surrogate, which msgspec refuses
+        raise InvalidPolicy([FieldError(field=prefix, error="text is not valid Unicode")]) from None
     except msgspec.ValidationError as exc:
         raise InvalidPolicy([_field_error(str(exc), prefix, doc)]) from None
     errors = validate(policy)

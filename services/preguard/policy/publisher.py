@@ -46,6 +46,7 @@ async def ensure_bundle_stream(nc: NATS, subjects: Subjects) -> None:
         subjects=[subjects.policy_all()],
         max_msgs_per_subject=1,
         storage=StorageType.FILE,
+        allow_direct=True,  # probes read their own bundle by a direct get (docs/security.md)
     )
     try:
         await js.add_stream(config)
