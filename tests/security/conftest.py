@@ -16,6 +16,14 @@ from preguard.natsserver import NatsServerError, run_nats_server
 from preguard.proto import Subjects
 from preguard.runtime import Settings, nats_options
 from tests.conftest import need
+from tests.probe.conftest import (  # noqa: F401 (the probe's fixtures: a probe scoped to the test's containers)
+    container,
+    host,
+    probe_settings,
+    publish_bundle,
+    scope,
+    start_probe,
+)
 
 HOSTS = ("host-a", "host-b")
 
@@ -24,8 +32,8 @@ class SecureBus:
     def __init__(self, url: str, auth: Generated, subjects: Subjects, log: Path) -> None:
         self.url, self.auth, self.subjects, self.log = url, auth, subjects, log
 
-    def settings(self, role: Role, host: str = "") -> Settings:
-        return Settings(nats_url=self.url, creds=str(self.auth.path(role, host)), prefix=self.subjects.prefix)
+    def settings(self, role: Role, on: str = "") -> Settings:
+        return Settings(nats_url=self.url, creds=str(self.auth.path(role, on)), prefix=self.subjects.prefix)
 
     def violations(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if " Violation - " in line]
@@ -74,13 +82,13 @@ def secure_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBus]:
 async def connect_as(secure_bus: SecureBus) -> AsyncIterator[Connect]:
     made: list[NATS] = []
 
-    async def connect(role: Role, host: str = "") -> Client:
+    async def connect(role: Role, on: str = "") -> Client:
         errors: asyncio.Queue[str] = asyncio.Queue()
 
         async def error_cb(exc: Exception) -> None:
             errors.put_nowait(str(exc))
 
-        options = nats_options(secure_bus.settings(role, host))
+        options = nats_options(secure_bus.settings(role, on))
         nc = await nats.connect(secure_bus.url, error_cb=error_cb, max_reconnect_attempts=2, **options)
         made.append(nc)
         return Client(nc, errors)
