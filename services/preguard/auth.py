@@ -222,3 +222,24 @@ def generate(
     conf = directory / "nats.conf"
     write_private(conf, json.dumps(config, indent=1).encode())  # JSON is valid nats-server config
     return Generated(directory=directory, config=conf, credentials=paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m preguard.auth DIR --host H ...`: credentials and nats.conf for a deployment."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m preguard.auth", description=main.__doc__)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--host", action="append", default=[], help="a probe's host (repeat for each)")
+    p.add_argument("--prefix", default=os.environ.get("PREGUARD_PREFIX") or "preguard")
+    p.add_argument("--url", default="", help="the server's URL, recorded in each credential")
+    args = p.parse_args(argv)
+    made = generate(args.directory, Subjects(prefix=args.prefix), args.host, url=args.url)
+    print(f"server config: {made.config}")
+    for user, path in sorted(made.credentials.items()):
+        print(f"{user}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,8 +4,12 @@ every service does its job with its own credential, and every role is refused wh
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiodocker
 import msgspec
@@ -236,3 +240,19 @@ async def test_the_operator_reads_policies_it_wrote(secure_bus: SecureBus, conne
     finally:
         await service.stop()
     await asyncio.sleep(0)
+
+
+def test_credentials_for_a_deployment_from_the_command_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "preguard.auth", str(tmp_path / "a"), "--host", "web.1", "--prefix", "acme"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "probe-web_1: " in out.stdout and "operator: " in out.stdout
+    config = json.loads((tmp_path / "a" / "nats.conf").read_text())
+    users = {u["user"]: u for u in config["authorization"]["users"]}
+    assert users["probe-web_1"]["permissions"]["subscribe"]["allow"][0] == "acme.policy.web_1"
+    again = read_credential(tmp_path / "a" / "operator.json")
+    subprocess.run(
+        [sys.executable, "-m", "preguard.auth", str(tmp_path / "a")], capture_output=True, check=True
+    )
+    assert read_credential(tmp_path / "a" / "operator.json") == again  # a second run keeps passwords
