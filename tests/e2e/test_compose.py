@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ class Stack:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "preguard.cli", *args, "--nats", self.nats_url, "--json"],
+            env=self.env,  # PREGUARD_CREDS: the stack's NATS refuses anonymous clients
             capture_output=True,
             text=True,
             check=False,
@@ -101,6 +103,9 @@ def stack(docker_engine: None) -> Iterator[Stack]:
     try:
         s.run("build", "policy")  # one image serves every preguard service (same `image:` tag)
         s.run("up", "-d")
+        creds = Path(tempfile.mkdtemp()) / "operator.json"  # what the stack's auth service generated
+        subprocess.run(["docker", "cp", f"{s.container('auth')}:/auth/operator.json", str(creds)], check=True)
+        s.env["PREGUARD_CREDS"] = str(creds)
         yield s
     finally:
         print(s.logs())
