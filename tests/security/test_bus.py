@@ -108,6 +108,15 @@ async def test_every_service_does_its_job_with_its_own_credential_and_nothing_mo
 
         query = await dashboard.nc.request(s.api_alerts("query"), b"{}", timeout=5)
         assert msgspec.json.decode(query.data)["ok"] is True
+
+        console = await connect_as(Role.CONSOLE)  # what the console does on the bus (console/bus.py)
+        await console.nc.subscribe(s.status_all())
+        await console.nc.subscribe(s.alerts_all())
+        for verb, body in (("get", b'{"name": "lockdown"}'), ("history", b'{"name": "lockdown"}'),
+                           ("validate", POLICY), ("preview", POLICY), ("list", b"{}")):  # fmt: skip
+            answer = msgspec.json.decode((await console.nc.request(s.api_policy(verb), body, timeout=5)).data)
+            assert answer.get("ok", True) is True, (verb, answer)
+        await console.nc.request(s.api_alerts("query"), b"{}", timeout=5)
     finally:
         await probe.stop()
         await alert.stop()
