@@ -50,6 +50,51 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10
     raise NatsServerError(f"nats-server did not listen on port {port} within {timeout}s")
 
 
+class NatsServer:
+    """One nats-server process that can be started again on the same port and store (`preguard up`)."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        config: Path | None = None,
+        log_file: Path | None = None,
+        tls: bool = False,
+    ) -> None:
+        self.args = [binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+        if config is not None:
+            self.args += ["-c", str(config)]
+        self.host, self.port, self.log_file = host, port, log_file
+        self.url = f"{'tls' if tls else 'nats'}://{host}:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if port_in_use(self.port, self.host):
+            raise NatsServerError(f"port {self.port} is already in use on {self.host}")
+        if self.log_file is None:
+            self.proc = subprocess.Popen(
+                self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+        else:
+            with open(self.log_file, "ab") as out:  # the child keeps its own descriptor
+                self.proc = subprocess.Popen(self.args, stdout=out, stderr=out, start_new_session=True)
+        try:
+            wait_listening(self.port, self.proc)
+        except NatsServerError:
+            stop(self.proc)  # a server that never listened must not linger
+            raise
+
+    def exited(self) -> int | None:
+        """The exit status once the process has ended, else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 @contextlib.contextmanager
 def run_nats_server(
     store_dir: Path,
@@ -66,21 +111,29 @@ def run_nats_server(
     the address, port and JetStream options given here override what it says. tls: the config
     makes the server require TLS, so the URL says `tls://`.
     """
-    port = port or free_port(host)
-    if port_in_use(port, host):
-        raise NatsServerError(f"port {port} is already in use on {host}")
-    args = [binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
-    if config is not None:
-        args += ["-c", str(config)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+    with nats_server(store_dir, port, host=host, config=config, log_file=log_file, tls=tls) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def nats_server(
+    store_dir: Path,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    config: Path | None = None,
+    log_file: Path | None = None,
+    tls: bool = False,
+) -> Iterator[NatsServer]:
+    """As run_nats_server, yielding the server itself (to watch it and start it again)."""
+    server = NatsServer(
+        store_dir, port or free_port(host), host=host, config=config, log_file=log_file, tls=tls
+    )
+    server.start()
     try:
-        wait_listening(port, proc)
-        yield f"{'tls' if tls else 'nats'}://{host}:{port}"
+        yield server
     finally:
-        stop(proc)
-        if log_file:
-            out.close()  # type: ignore[union-attr]
+        server.stop()
 
 
 def tls_config(

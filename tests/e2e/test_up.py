@@ -68,7 +68,13 @@ class Up:
     def child(self, service: str) -> int:
         """The pid of up's child running this service."""
         out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid), "-f", f"preguard.{service}"],
+            [
+                "pgrep",
+                "-P",
+                str(self.proc.pid),
+                "-f",
+                "nats-server" if service == "nats" else f"preguard.{service}",
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -275,7 +281,7 @@ async def test_another_system_sets_policy_with_a_plain_nats_client(
     assert bad["details"][0]["field"] == "$.rules[0].path"
 
 
-@pytest.mark.parametrize("service", ["probe", "alert", "policy"])
+@pytest.mark.parametrize("service", ["probe", "alert", "policy", "nats"])
 async def test_killed_service_is_restarted_and_no_event_is_lost(
     up: Up, bus: NATS, make_container: MakeContainer, glibc_image: str, tmp_path: Path, service: str
 ) -> None:

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from preguard.auth import Generated, Role, generate
-from preguard.natsserver import NatsServerError, port_in_use, run_nats_server
+from preguard.natsserver import NatsServer, NatsServerError, nats_server, port_in_use
 from preguard.proto import Subjects
 from preguard.runtime import Settings, nats_options
 
@@ -43,8 +43,8 @@ def up(args: argparse.Namespace) -> int:
         _docker_reachable()
         if port_in_use(args.console_port):
             raise UpError(f"port {args.console_port} is in use: pass --console-port N")
-        with _nats(args, data) as (url, auth):
-            return asyncio.run(_run(args, url, data, auth))
+        with _nats(args, data) as (url, auth, server):
+            return asyncio.run(_run(args, url, data, auth, server))
     except UpError as exc:
         print(f"preguard: {exc}", file=sys.stderr)
         return 2
@@ -53,11 +53,11 @@ def up(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _nats(args: argparse.Namespace, data: Path) -> Iterator[tuple[str, Generated | None]]:
-    """The server's URL, and the credentials generated for it (None: --nats, bring your own)."""
+def _nats(args: argparse.Namespace, data: Path) -> Iterator[tuple[str, Generated | None, NatsServer | None]]:
+    """The server's URL, the credentials generated for it and the server (None, None: --nats)."""
     if args.nats:
         say("nats", f"using {args.nats}")
-        yield args.nats, None
+        yield args.nats, None, None
         return
     if port_in_use(args.nats_port):
         raise UpError(
@@ -68,15 +68,16 @@ def _nats(args: argparse.Namespace, data: Path) -> Iterator[tuple[str, Generated
     url = f"nats://127.0.0.1:{args.nats_port}"
     auth = generate(data / "auth", subjects, [host], url=url)
     try:
-        with run_nats_server(
+        with nats_server(
             data / "jetstream", args.nats_port, config=auth.config, log_file=data / "nats.log"
-        ) as url:
+        ) as server:
+            url = server.url
             say("nats", f"started at {url} (JetStream data in {data / 'jetstream'})")
             say("auth", f"anonymous clients refused; one credential per service in {auth.directory}")
             say(
                 "auth", f"operator (policy-writer) credential: {auth.path(Role.OPERATOR)} (the CLI's default)"
             )
-            yield url, auth
+            yield url, auth, server
     except NatsServerError as exc:
         raise UpError(str(exc)) from None
 
@@ -127,7 +128,13 @@ async def _allow_direct(nc: NATS, subjects: Subjects) -> None:
         say("nats", f"stream {subjects.stream_bundles()}: direct get enabled for the probes")
 
 
-async def _run(args: argparse.Namespace, url: str, data: Path, auth: Generated | None = None) -> int:
+async def _run(
+    args: argparse.Namespace,
+    url: str,
+    data: Path,
+    auth: Generated | None = None,
+    server: NatsServer | None = None,
+) -> int:
     host = args.host or socket.gethostname()
     token = os.environ.get("PREGUARD_CONSOLE_TOKEN") or secrets.token_urlsafe(18)
     env = {
@@ -157,7 +164,7 @@ async def _run(args: argparse.Namespace, url: str, data: Path, auth: Generated |
                 say("demo", line)
         say("console", f"http://127.0.0.1:{args.console_port}/  sign-in token: {token}")
         say("ready", f"logs in {data}; Ctrl-C stops everything")
-        watch = asyncio.create_task(_watch(children, envs, data))
+        watch = asyncio.create_task(_watch(children, envs, data, server))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([watch, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -227,23 +234,36 @@ async def _answers(name: str, nc: NATS, subjects: Subjects, console_port: int, s
 
 
 async def _watch(
-    children: dict[str, subprocess.Popen[bytes]], envs: dict[str, dict[str, str]], data: Path
+    children: dict[str, subprocess.Popen[bytes]],
+    envs: dict[str, dict[str, str]],
+    data: Path,
+    server: NatsServer | None = None,
 ) -> None:
-    """Restarts a service that exits (enforcement in containers does not wait for it); gives up on a crash loop."""
-    restarts: dict[str, list[float]] = {name: [] for name in children}
+    """Restarts the NATS server or a service that exits (the services reconnect, and enforcement in
+    the containers never waits for either); gives up on a crash loop."""
+    restarts: dict[str, list[float]] = {name: [] for name in [*children, "nats"]}
     loop = asyncio.get_running_loop()
+
+    def count(name: str, status: int | None) -> None:
+        now = loop.time()
+        recent = restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
+        if len(recent) > MAX_RESTARTS_PER_MINUTE:
+            raise UpError(f"the {name} service keeps exiting (status {status}): see {data / name}.log")
+        say(name, f"exited with status {status}; restarting")
+
     while True:
         await asyncio.sleep(0.5)
+        if server is not None and (status := server.exited()) is not None:
+            count("nats", status)
+            try:
+                await asyncio.to_thread(server.start)  # same port, same store: nothing is lost
+            except NatsServerError as exc:
+                raise UpError(f"the NATS server could not be started again: {exc}") from None
+            say("nats", "ready")
         for name, proc in children.items():
             if proc.poll() is None:
                 continue
-            now = loop.time()
-            recent = restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
-            if len(recent) > MAX_RESTARTS_PER_MINUTE:
-                raise UpError(
-                    f"the {name} service keeps exiting (status {proc.returncode}): see {data / name}.log"
-                )
-            say(name, f"exited with status {proc.returncode}; restarting")
+            count(name, proc.returncode)
             children[name] = _spawn(name, envs[name], data)
 
 
