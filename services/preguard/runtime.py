@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -19,6 +19,16 @@ from nats.aio.client import Client as NATS
 from preguard.proto import Subjects
 
 log = structlog.get_logger()
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def from_environ(cls: type[S], environ: Mapping[str, str], prefix: str = "PREGUARD_") -> S:
+    """A settings Struct from PREFIX<FIELD> variables: empty ones are unset, unknown ones ignored."""
+    raw = {k[len(prefix) :].lower(): v for k, v in environ.items() if k.startswith(prefix) and v != ""}
+    fields = set(cls.__struct_fields__)
+    return msgspec.convert({k: v for k, v in raw.items() if k in fields}, cls, strict=False)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,13 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        raw = {
-            key[len("PREGUARD_") :].lower(): value
-            for key, value in environ.items()
-            if key.startswith("PREGUARD_") and value != ""
-        }
-        fields = set(cls.__struct_fields__)
-        settings = msgspec.convert({k: v for k, v in raw.items() if k in fields}, cls, strict=False)
+        settings = from_environ(cls, environ)
         if not settings.host:
             settings = msgspec.structs.replace(settings, host=socket.gethostname())
         return settings

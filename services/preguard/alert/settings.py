@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from preguard.runtime import from_environ
+
 DAY = 86400.0
 
 
@@ -31,11 +33,7 @@ class AlertSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> AlertSettings:
-        prefix = "PREGUARD_ALERT_"
-        raw = {k[len(prefix) :].lower(): v for k, v in environ.items() if k.startswith(prefix) and v}
-        fields = set(cls.__struct_fields__)
-        settings = msgspec.convert({k: v for k, v in raw.items() if k in fields}, cls, strict=False)
-        return settings.named()
+        return from_environ(cls, environ, "PREGUARD_ALERT_").named()
 
     def named(self) -> AlertSettings:
         if self.instance:

@@ -20,6 +20,7 @@ from preguard.console.app import Console, make_app
 from preguard.console.bus import Bus
 from preguard.console.security import new_token
 from preguard.proto import Alert, ProbeStatus, Subjects, decode
+from preguard.runtime import from_environ
 
 log = structlog.get_logger()
 
@@ -34,12 +35,7 @@ class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ConsoleSettings:
-        raw = {
-            key[len("PREGUARD_") :].lower(): value
-            for key, value in environ.items()
-            if key.startswith("PREGUARD_CONSOLE_") and value != ""
-        }
-        return msgspec.convert(raw, cls, strict=False)
+        return from_environ(cls, environ)  # its fields are console_*: PREGUARD_CONSOLE_*
 
 
 class ConsoleServer:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import msgspec
 
 from preguard.proto import Subjects
+from preguard.runtime import from_environ
 
 
 class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,13 +34,7 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProbeSettings:
-        raw = {
-            key[len("PREGUARD_") :].lower(): value
-            for key, value in environ.items()
-            if key.startswith("PREGUARD_") and value != ""
-        }
-        fields = set(cls.__struct_fields__)
-        settings = msgspec.convert({k: v for k, v in raw.items() if k in fields}, cls, strict=False)
+        settings = from_environ(cls, environ)
         if not settings.host:
             settings = msgspec.structs.replace(settings, host=socket.gethostname())
         return settings
