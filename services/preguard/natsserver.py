@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class NatsServerError(RuntimeError):
@@ -96,22 +97,14 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def run_nats_server(
-    store_dir: Path,
-    port: int | None = None,
-    *,
-    host: str = "127.0.0.1",
-    config: Path | None = None,
-    log_file: Path | None = None,
-    tls: bool = False,
-) -> Iterator[str]:
+def run_nats_server(store_dir: Path, port: int | None = None, **options: Any) -> Iterator[str]:
     """Start nats-server with JetStream storing under store_dir; yield its URL; stop it after.
 
-    config: a nats-server config file (authorization, TLS: see preguard.auth and tls_config);
-    the address, port and JetStream options given here override what it says. tls: the config
-    makes the server require TLS, so the URL says `tls://`.
+    Options as nats_server: config, a nats-server config file (authorization, TLS: see
+    preguard.auth and tls_config), whose address, port and JetStream options are overridden by
+    those given here; tls=True when that config makes the server require TLS (a `tls://` URL).
     """
-    with nats_server(store_dir, port, host=host, config=config, log_file=log_file, tls=tls) as server:
+    with nats_server(store_dir, port, **options) as server:
         yield server.url
 
 
