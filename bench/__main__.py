@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import traceback
+
+import structlog
 
 from bench import Figure
 
@@ -12,6 +15,8 @@ MODULES = ["hook", "probe", "policy", "alert", "console"]
 
 
 def main(argv: list[str]) -> int:
+    # Services run in-process here: their info lines would bury the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     names = argv or MODULES
     figures: list[Figure] = []
     failed: list[str] = []
