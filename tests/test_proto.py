@@ -241,3 +241,13 @@ async def test_policy_crosses_a_real_nats_server_intact(nc: NATS, subjects: Subj
 def test_committed_json_schemas_match_the_code(name: str) -> None:
     committed = (SCHEMA_DIR / f"{name}.schema.json").read_bytes()
     assert committed == render(name), f"stale schema: run `preguard schema` ({name})"
+
+
+def test_a_heartbeat_is_attributed_by_its_subject_not_by_what_it_claims() -> None:
+    from preguard.proto import ProbeStatus, decode_status
+
+    s = Subjects()
+    body = encode(ProbeStatus(host="web.1", time=datetime(2026, 1, 1, tzinfo=UTC), interval=5))
+    assert decode_status(s, "preguard.status.web_1", body).host == "web.1"
+    with pytest.raises(msgspec.ValidationError, match="is not the one of subject preguard.status.db"):
+        decode_status(s, "preguard.status.db", body)

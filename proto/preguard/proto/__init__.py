@@ -40,7 +40,7 @@ from preguard.proto.policy import (
     validate,
 )
 from preguard.proto.subjects import Subjects, token
-from preguard.proto.wire import decode, decode_events, encode
+from preguard.proto.wire import decode, decode_events, decode_status, encode
 
 __all__ = [
     "Access",
@@ -77,6 +77,7 @@ __all__ = [
     "decode_events",
     "decode_policies",
     "decode_policy",
+    "decode_status",
     "encode",
     "load_policies",
     "token",

@@ -6,7 +6,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from preguard.proto.messages import Event
+from preguard.proto.messages import Event, ProbeStatus
+from preguard.proto.subjects import Subjects
 
 T = TypeVar("T")
 
@@ -39,3 +40,15 @@ def decode_events(data: bytes) -> list[Event]:
     """An events subject carries one Event or a list of them."""
     got = _events.decode(data)
     return got if isinstance(got, list) else [got]
+
+
+def decode_status(subjects: Subjects, subject: str, data: bytes) -> ProbeStatus:
+    """A heartbeat, attributed by the subject it came on: a probe may only speak for its own host.
+
+    The server lets a probe publish only on its own status subject; a body that names another
+    host is a lie (it could clear that host's probe-down alert) and is refused like bad JSON.
+    """
+    status = decode(data, ProbeStatus)
+    if subject != subjects.status(status.host):
+        raise msgspec.ValidationError(f"host {status.host!r} is not the one of subject {subject}")
+    return status

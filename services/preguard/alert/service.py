@@ -29,6 +29,7 @@ from preguard.proto import (
     Refused,
     Subjects,
     decode,
+    decode_status,
     encode,
     token,
 )
@@ -178,7 +179,7 @@ class AlertService:
 
         async def on_status(msg: Msg) -> None:
             try:
-                queue.put_nowait(decode(msg.data, ProbeStatus))
+                queue.put_nowait(decode_status(self._subjects, msg.subject, msg.data))
             except msgspec.DecodeError as exc:
                 log.warning("status_refused", subject=msg.subject, error=str(exc))
 

@@ -28,6 +28,7 @@ from preguard.proto import (
     Refused,
     Subjects,
     decode,
+    decode_status,
     encode,
     load_policies,
 )
@@ -227,7 +228,7 @@ async def status(nc: NATS, subjects: Subjects, args: argparse.Namespace, out: Ou
         except NatsTimeout:
             break
         try:
-            st = decode(msg.data, ProbeStatus)
+            st = decode_status(subjects, msg.subject, msg.data)
         except msgspec.DecodeError:
             continue
         seen[st.host] = st

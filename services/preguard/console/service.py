@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from preguard.console.app import Console, make_app
 from preguard.console.bus import Bus
 from preguard.console.security import new_token
-from preguard.proto import Alert, ProbeStatus, Subjects, decode
+from preguard.proto import Alert, Subjects, decode, decode_status
 from preguard.runtime import from_environ
 
 log = structlog.get_logger()
@@ -94,7 +94,7 @@ class ConsoleServer:
 
     async def _on_status(self, msg: Msg) -> None:
         try:
-            status = decode(msg.data, ProbeStatus)
+            status = decode_status(self._subjects, msg.subject, msg.data)
         except msgspec.DecodeError as exc:
             log.warning("status_refused", subject=msg.subject, error=str(exc))
             return

@@ -30,6 +30,7 @@ from preguard.proto import (
     Subjects,
     decode,
     decode_policy,
+    decode_status,
     encode,
 )
 from preguard.proto.api import PolicyHistory, PolicyPreview, PolicyRevision, Validated
@@ -153,14 +154,9 @@ class PolicyService:
     # -- heartbeats ------------------------------------------------------------------------------
     async def _on_status(self, msg: Msg) -> None:
         try:
-            status = decode(msg.data, ProbeStatus)
+            status = decode_status(self._subjects, msg.subject, msg.data)
         except msgspec.DecodeError as exc:
             log.warning("status_refused", subject=msg.subject, error=str(exc))
-            return
-        if msg.subject != self._subjects.status(status.host):  # attribute by subject, not by claim
-            log.warning(
-                "status_refused", subject=msg.subject, host=status.host, error="host is not the subject's"
-            )
             return
         self._statuses[status.host] = status
         self._publisher.learn(status.host)
