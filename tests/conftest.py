@@ -17,6 +17,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from preguard.natsserver import NatsServerError, run_nats_server
+from preguard.policy.service import PolicyService
+from preguard.policy.store import PolicyStore
 from preguard.proto import Subjects
 from tests.support.images import build_image, remove_images
 
@@ -53,6 +55,16 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 @pytest.fixture
 def subjects() -> Subjects:
     return Subjects(prefix=f"t{uuid.uuid4().hex[:8]}")  # tests share one server, never a subject
+
+
+# -- services -------------------------------------------------------------------------------------
+@pytest.fixture
+async def policy_service(nc: NATS, subjects: Subjects) -> AsyncIterator[PolicyService]:
+    store = await PolicyStore.open(nc.jetstream(), subjects.kv_policies())
+    service = PolicyService(nc, store, subjects)
+    await service.start()
+    yield service
+    await service.stop()
 
 
 # -- Docker -------------------------------------------------------------------------------------

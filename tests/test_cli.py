@@ -7,16 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client as NATS
 
 from preguard.natsserver import free_port
 from preguard.policy.service import PolicyService
-from preguard.policy.store import PolicyStore
 from preguard.proto import ContainerStatus, ProbeStatus, Subjects, encode
 
 TWO_POLICIES = """
@@ -30,15 +27,6 @@ selector: {containers: ["web-*"]}
 rules:
   - {kind: file, path: /etc/shadow, access: read}
 """
-
-
-@pytest.fixture
-async def policy_service(nc: NATS, subjects: Subjects) -> AsyncIterator[PolicyService]:
-    store = await PolicyStore.open(nc.jetstream(), subjects.kv_policies())
-    service = PolicyService(nc, store, subjects)
-    await service.start()
-    yield service
-    await service.stop()
 
 
 async def cli(nats_url: str, subjects: Subjects, *args: str) -> subprocess.CompletedProcess[str]:

@@ -249,5 +249,5 @@ def test_a_heartbeat_is_attributed_by_its_subject_not_by_what_it_claims() -> Non
     s = Subjects()
     body = encode(ProbeStatus(host="web.1", time=datetime(2026, 1, 1, tzinfo=UTC), interval=5))
     assert decode_status(s, "preguard.status.web_1", body).host == "web.1"
-    with pytest.raises(msgspec.ValidationError, match="is not the one of subject preguard.status.db"):
+    with pytest.raises(msgspec.ValidationError, match=r"is not the one of subject preguard\.status\.db"):
         decode_status(s, "preguard.status.db", body)

@@ -21,8 +21,6 @@ from nats.aio.client import Client as NATS
 from preguard.alert.service import AlertService
 from preguard.alert.settings import AlertSettings
 from preguard.console import ConsoleServer, serve
-from preguard.policy.service import PolicyService
-from preguard.policy.store import PolicyStore
 from preguard.probe import Probe, ProbeSettings
 from preguard.proto import Alert, ContainerStatus, Event, Kind, Outcome, ProbeStatus, Severity, Subjects
 from tests.conftest import MakeContainer
@@ -30,15 +28,6 @@ from tests.conftest import MakeContainer
 TOKEN = "console-test-token"
 XSS = "<img src=x onerror=alert(1)>"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture
-async def policy_service(nc: NATS, subjects: Subjects) -> AsyncIterator[PolicyService]:
-    store = await PolicyStore.open(nc.jetstream(), subjects.kv_policies())
-    service = PolicyService(nc, store, subjects)
-    await service.start()
-    yield service
-    await service.stop()
 
 
 @pytest.fixture
